@@ -1,0 +1,450 @@
+"""The primitive table: every differentiable operation, its VJP and its math, side by side.
+
+Each primitive is registered once with :func:`bbits_ref.engine.register`; the gradient checks
+(:mod:`bbits_ref.gradcheck`) and the tests iterate over :data:`bbits_ref.engine.PRIMITIVES`.
+Composite operations (``relu``, ``linear``, ``softmax`` ...) are written in terms of primitives
+at the bottom of this file and need no gradient rule of their own.
+
+Notation in the docstrings: ``g`` is the incoming gradient (same shape as the output ``z``); the
+engine unbroadcasts every returned gradient, so rules may return the broadcast shape.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .engine import Tensor, apply, register, ste_round
+
+# --------------------------------------------------------------------------- elementwise
+
+def _ones_like_g(g, z, s, x, y):
+    return g
+
+
+add = register("add", "z = x + y;  x̄ = g, ȳ = g", np.add, _ones_like_g, _ones_like_g)
+sub = register("sub", "z = x − y;  x̄ = g, ȳ = −g", np.subtract,
+               _ones_like_g, lambda g, z, s, x, y: -g)
+mul = register("mul", "z = x·y;  x̄ = g·y, ȳ = g·x", np.multiply,
+               lambda g, z, s, x, y: g * y, lambda g, z, s, x, y: g * x)
+div = register("div", "z = x / y;  x̄ = g / y, ȳ = −g·z / y", np.divide,
+               lambda g, z, s, x, y: g / y, lambda g, z, s, x, y: -g * z / y)
+neg = register("neg", "z = −x;  x̄ = −g", np.negative, lambda g, z, s, x: -g)
+
+
+def _pow_dy(g, z, s, x, y):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return g * z * np.where(x > 0, np.log(np.where(x > 0, x, 1)), 0.0)
+
+
+pow = register("pow", "z = x^y;  x̄ = g·y·x^(y−1), ȳ = g·z·log x (x > 0)", np.power,
+               lambda g, z, s, x, y: g * y * np.power(x, y - 1), _pow_dy)
+exp = register("exp", "z = eˣ;  x̄ = g·z", np.exp, lambda g, z, s, x: g * z)
+log = register("log", "z = log x;  x̄ = g / x", np.log, lambda g, z, s, x: g / x)
+abs = register("abs", "z = |x|;  x̄ = g·sign(x)", np.abs, lambda g, z, s, x: g * np.sign(x))
+maximum = register(
+    "maximum", "z = max(x, y);  x̄ = g·[x > y], ȳ = g·[x ≤ y] (ties go to y, so relu'(0) = 0)",
+    np.maximum, lambda g, z, s, x, y: g * (x > y), lambda g, z, s, x, y: g * (x <= y))
+where = register(
+    "where", "z = c ? x : y;  x̄ = g·c, ȳ = g·(1 − c)  (c not differentiable)", np.where,
+    None, lambda g, z, s, c, x, y: np.where(c, g, 0), lambda g, z, s, c, x, y: np.where(c, 0, g))
+
+
+def _clip_fwd(x, *, lo=None, hi=None):
+    return np.clip(x, lo, hi)
+
+
+def _clip_vjp(g, z, s, x, *, lo=None, hi=None):
+    inside = np.ones(x.shape, dtype=bool)
+    if lo is not None:
+        inside &= x > lo
+    if hi is not None:
+        inside &= x < hi
+    return g * inside
+
+
+clip = register("clip", "z = min(max(x, lo), hi);  x̄ = g·[lo < x < hi] (bounds count as clipped)",
+                _clip_fwd, _clip_vjp)
+
+
+def _sigmoid(x):
+    e = np.exp(-np.abs(x))          # never overflows
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+sigmoid = register("sigmoid", "z = 1 / (1 + e⁻ˣ) (stable for any x);  x̄ = g·z·(1 − z)",
+                   _sigmoid, lambda g, z, s, x: g * z * (1 - z))
+
+
+def _softplus(x):
+    return (np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))).astype(x.dtype, copy=False)
+
+
+log_sigmoid = register("log_sigmoid", "z = log σ(x) = −softplus(−x);  x̄ = g·σ(−x)",
+                       lambda x: -_softplus(-x), lambda g, z, s, x: g * _sigmoid(-x))
+softplus = register("softplus", "z = log(1 + eˣ) (stable);  x̄ = g·σ(x)",
+                    _softplus, lambda g, z, s, x: g * _sigmoid(x))
+round_ste = register(
+    "round_ste", "z = round(x) (half to even);  x̄ = g (straight-through estimator)",
+    ste_round, lambda g, z, s, x: g)
+
+# --------------------------------------------------------------------------- reductions
+
+def _expand(g, x, axis, keepdims):
+    """Put back the reduced axes of ``g`` so it broadcasts against ``x``."""
+    if axis is None:
+        return np.reshape(g, (1,) * x.ndim) if not keepdims else g
+    if not keepdims:
+        axes = (axis,) if np.isscalar(axis) else tuple(axis)
+        g = np.expand_dims(g, tuple(a % x.ndim for a in axes))
+    return g
+
+
+def _count(x, axis):
+    if axis is None:
+        return x.size
+    axes = (axis,) if np.isscalar(axis) else tuple(axis)
+    return int(np.prod([x.shape[a] for a in axes]))
+
+
+sum = register("sum", "z = Σ_axis x;  x̄ = broadcast(g)",
+               lambda x, *, axis=None, keepdims=False: np.sum(x, axis=axis, keepdims=keepdims),
+               lambda g, z, s, x, *, axis=None, keepdims=False:
+               np.broadcast_to(_expand(g, x, axis, keepdims), x.shape))
+mean = register("mean", "z = mean_axis x;  x̄ = broadcast(g) / n",
+                lambda x, *, axis=None, keepdims=False: np.mean(x, axis=axis, keepdims=keepdims),
+                lambda g, z, s, x, *, axis=None, keepdims=False:
+                np.broadcast_to(_expand(g, x, axis, keepdims) / _count(x, axis), x.shape))
+
+
+def _max_vjp(g, z, s, x, *, axis=None, keepdims=False):
+    zz = _expand(z, x, axis, keepdims)
+    hit = x == zz
+    return _expand(g, x, axis, keepdims) * hit / hit.sum(axis=axis, keepdims=True)
+
+
+max = register("max", "z = max_axis x;  x̄ = g shared equally by the maxima",
+               lambda x, *, axis=None, keepdims=False: np.max(x, axis=axis, keepdims=keepdims),
+               _max_vjp)
+
+# --------------------------------------------------------------------------- shapes
+
+reshape = register("reshape", "z = reshape(x, shape);  x̄ = reshape(g, x.shape)",
+                   lambda x, *, shape: np.reshape(x, shape),
+                   lambda g, z, s, x, *, shape: np.reshape(g, x.shape))
+transpose = register(
+    "transpose", "z = transpose(x, axes);  x̄ = transpose(g, argsort(axes))",
+    lambda x, *, axes=None: np.transpose(x, axes),
+    lambda g, z, s, x, *, axes=None: np.transpose(g, None if axes is None else np.argsort(axes)))
+broadcast_to = register(
+    "broadcast_to", "z = broadcast_to(x, shape);  x̄ = unbroadcast(g) (done by the engine)",
+    lambda x, *, shape: np.broadcast_to(x, shape), lambda g, z, s, x, *, shape: g)
+
+
+def _is_advanced(index) -> bool:
+    idx = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, (list, np.ndarray, Tensor)) for i in idx)
+
+
+def _getitem_vjp(g, z, s, x, *, index):
+    out = np.zeros_like(x)
+    if _is_advanced(index):
+        np.add.at(out, index, g)        # repeated integer indices accumulate
+    else:
+        out[index] = g
+    return out
+
+
+getitem = register("getitem", "z = x[index];  x̄ = scatter-add of g into zeros at index",
+                   lambda x, *, index: x[index], _getitem_vjp)
+
+
+def _concat_vjp(g, z, s, *xs, axis=0, argnum):
+    start = int(np.sum([x.shape[axis] for x in xs[:argnum]], dtype=np.int64))
+    return np.take(g, np.arange(start, start + xs[argnum].shape[axis]), axis=axis)
+
+
+concatenate = register("concatenate", "z = [x₁ ‖ x₂ ‖ …] along axis;  x̄ᵢ = the slice of g",
+                       lambda *xs, axis=0: np.concatenate(xs, axis=axis), _concat_vjp,
+                       variadic=True)
+stack = register("stack", "z = stack(x₁, x₂, …) on a new axis;  x̄ᵢ = g[…, i, …]",
+                 lambda *xs, axis=0: np.stack(xs, axis=axis),
+                 lambda g, z, s, *xs, axis=0, argnum: np.take(g, argnum, axis=axis),
+                 variadic=True)
+
+# --------------------------------------------------------------------------- linear algebra
+
+def _matmul_fwd(a, b):
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError("matmul needs arrays with at least one dimension; use mul for scalars")
+    if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+        raise ValueError(
+            f"matmul: inner dimensions differ: {a.shape} @ {b.shape} "
+            f"({a.shape[-1]} vs {b.shape[-2 if b.ndim > 1 else 0]})")
+    return a @ b
+
+
+def _T(m):
+    return np.swapaxes(m, -1, -2)
+
+
+def _matmul_da(g, z, s, a, b):
+    if b.ndim == 1:                       # z = a @ b has shape a.shape[:-1]
+        return g[..., None] * b
+    if a.ndim == 1:                       # z = a @ b has shape (..., m)
+        return (b @ g[..., None])[..., 0]
+    return g @ _T(b)
+
+
+def _matmul_db(g, z, s, a, b):
+    if a.ndim == 1 and b.ndim == 1:
+        return g * a
+    if a.ndim == 1:
+        return a[:, None] * g[..., None, :]
+    if b.ndim == 1:
+        return (_T(a) @ g[..., None])[..., 0]
+    return _T(a) @ g
+
+
+matmul = register("matmul", "z = a @ b (batched, broadcast);  ā = g @ bᵀ, b̄ = aᵀ @ g",
+                  _matmul_fwd, _matmul_da, _matmul_db)
+
+# --------------------------------------------------------------------------- convolution
+
+def _pair(v, name):
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints; got {v!r}")
+    return int(v[0]), int(v[1])
+
+
+def _windows(x, kh, kw, sh, sw):
+    """Strided view (N, C, Ho, Wo, kh, kw) of all kh×kw windows; no copy."""
+    return sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+
+
+def _conv2d_fwd(x, w, *, stride=1, padding=0):
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError(f"conv2d expects input (N, C, H, W) and weight (C_out, C_in, kh, kw); "
+                         f"got {x.shape} and {w.shape}")
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"conv2d: the input has {x.shape[1]} channels but the weight expects "
+                         f"{w.shape[1]} (weight shape {w.shape})")
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if sh < 1 or sw < 1 or ph < 0 or pw < 0:
+        raise ValueError(f"conv2d: stride must be ≥ 1 and padding ≥ 0; got {stride}, {padding}")
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    if h + 2 * ph < kh or wd + 2 * pw < kw:
+        raise ValueError(f"conv2d: kernel {kh}×{kw} is larger than the padded input "
+                         f"{h + 2 * ph}×{wd + 2 * pw}")
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    win = _windows(x, kh, kw, sh, sw)                      # (N, C, Ho, Wo, kh, kw)
+    ho, wo = win.shape[2:4]
+    # im2col: one copy into rows (N·Ho·Wo) × (C·kh·kw), then one BLAS matmul.
+    cols = np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(n * ho * wo, -1)
+    out = cols @ w.reshape(o, -1).T                         # (N·Ho·Wo, C_out)
+    out = np.ascontiguousarray(out.reshape(n, ho, wo, o).transpose(0, 3, 1, 2))
+    return out, cols
+
+
+def _conv2d_dx(g, z, cols, x, w, *, stride=1, padding=0):
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    ho, wo = g.shape[2:]
+    g2 = g.transpose(0, 2, 3, 1).reshape(-1, o)
+    dcols = (g2 @ w.reshape(o, -1)).reshape(n, ho, wo, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)
+    dx = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=g.dtype)
+    # col2im: scatter each kernel tap back; the loop runs over the kh·kw taps only, every tap
+    # adds a whole (N, C, Ho, Wo) block at once.
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, :, i:i + sh * ho:sh, j:j + sw * wo:sw] += dcols[:, :, i, j]
+    return dx[:, :, ph:ph + h, pw:pw + wd]
+
+
+def _conv2d_dw(g, z, cols, x, w, *, stride=1, padding=0):
+    g2 = g.transpose(0, 2, 3, 1).reshape(-1, w.shape[0])
+    return (g2.T @ cols).reshape(w.shape)
+
+
+conv2d = register(
+    "conv2d", "z[n,o] = Σ_{c,i,j} w[o,c,i,j]·x[n,c,s·h+i,s·w+j] (im2col + matmul);  "
+    "w̄ = gᵀ·cols, x̄ = col2im(g·W)", _conv2d_fwd, _conv2d_dx, _conv2d_dw, saves=True)
+
+# --------------------------------------------------------------------------- pooling
+
+def _pool_geometry(x, kernel_size, stride, name):
+    if x.ndim != 4:
+        raise ValueError(f"{name} expects input (N, C, H, W); got shape {x.shape}")
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(kernel_size if stride is None else stride, "stride")
+    if kh > x.shape[2] or kw > x.shape[3]:
+        raise ValueError(f"{name}: window {kh}×{kw} larger than the input {x.shape[2:]}")
+    return kh, kw, sh, sw
+
+
+def _window_flat_index(x_shape, out_shape, kh, kw, sh, sw):
+    """Flat index into x of every window element, shape (N, C, Ho, Wo, kh·kw)."""
+    n, c, h, w = x_shape
+    ho, wo = out_shape
+    rows = (np.arange(ho) * sh)[:, None, None, None] + np.arange(kh)[None, None, :, None]
+    colm = (np.arange(wo) * sw)[None, :, None, None] + np.arange(kw)[None, None, None, :]
+    within = (rows * w + colm).reshape(ho, wo, kh * kw)
+    plane = (np.arange(n * c) * (h * w)).reshape(n, c, 1, 1, 1)
+    return plane + within
+
+
+def _max_pool_fwd(x, *, kernel_size=2, stride=None):
+    kh, kw, sh, sw = _pool_geometry(x, kernel_size, stride, "max_pool2d")
+    win = _windows(x, kh, kw, sh, sw)
+    flat = win.reshape(*win.shape[:4], kh * kw)
+    arg = flat.argmax(axis=-1)[..., None]                 # first maximum, as PyTorch
+    return np.take_along_axis(flat, arg, axis=-1)[..., 0], arg
+
+
+def _max_pool_vjp(g, z, arg, x, *, kernel_size=2, stride=None):
+    kh, kw, sh, sw = _pool_geometry(x, kernel_size, stride, "max_pool2d")
+    idx = np.take_along_axis(_window_flat_index(x.shape, g.shape[2:], kh, kw, sh, sw), arg, -1)
+    return np.bincount(idx.ravel(), weights=g.ravel(), minlength=x.size).astype(
+        g.dtype, copy=False).reshape(x.shape)
+
+
+max_pool2d = register(
+    "max_pool2d", "z = max over each window;  x̄ = g routed to the (first) maximum of its window",
+    _max_pool_fwd, _max_pool_vjp, saves=True)
+
+
+def _avg_pool_fwd(x, *, kernel_size=2, stride=None):
+    kh, kw, sh, sw = _pool_geometry(x, kernel_size, stride, "avg_pool2d")
+    return _windows(x, kh, kw, sh, sw).mean(axis=(-2, -1))
+
+
+def _avg_pool_vjp(g, z, s, x, *, kernel_size=2, stride=None):
+    kh, kw, sh, sw = _pool_geometry(x, kernel_size, stride, "avg_pool2d")
+    idx = _window_flat_index(x.shape, g.shape[2:], kh, kw, sh, sw)
+    wts = np.broadcast_to((g / (kh * kw))[..., None], idx.shape)
+    return np.bincount(idx.ravel(), weights=wts.ravel(), minlength=x.size).astype(
+        g.dtype, copy=False).reshape(x.shape)
+
+
+avg_pool2d = register("avg_pool2d", "z = mean over each window;  x̄ = g / (kh·kw) to every element",
+                      _avg_pool_fwd, _avg_pool_vjp)
+
+# --------------------------------------------------------------------------- softmax and loss
+
+def _log_softmax_fwd(x, *, axis=-1):
+    m = np.max(x, axis=axis, keepdims=True)
+    sh = x - m
+    return sh - np.log(np.sum(np.exp(sh), axis=axis, keepdims=True))
+
+
+log_softmax = register(
+    "log_softmax", "z = x − logΣeˣ along axis;  x̄ = g − eᶻ·Σg",
+    _log_softmax_fwd,
+    lambda g, z, s, x, *, axis=-1: g - np.exp(z) * np.sum(g, axis=axis, keepdims=True))
+
+
+def _cross_entropy_fwd(logits, labels):
+    if logits.ndim != 2:
+        raise ValueError(f"cross_entropy expects logits of shape (N, classes); got {logits.shape}")
+    if labels.shape != logits.shape[:1]:
+        raise ValueError(f"cross_entropy: {logits.shape[0]} rows of logits but labels of shape "
+                         f"{labels.shape}; give one integer label per row")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: labels must be integers; got {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+        raise ValueError(f"cross_entropy: labels must lie in [0, {logits.shape[1]}); got "
+                         f"[{labels.min()}, {labels.max()}]")
+    logp = _log_softmax_fwd(logits, axis=1)
+    rows = np.arange(len(labels))
+    return -np.mean(logp[rows, labels]), logp
+
+
+def _cross_entropy_vjp(g, z, logp, logits, labels):
+    p = np.exp(logp)
+    p[np.arange(len(labels)), labels] -= 1
+    return p * (g / len(labels))
+
+
+cross_entropy = register(
+    "cross_entropy", "z = −mean_n log softmax(x)[n, yₙ];  x̄ = g·(softmax(x) − onehot(y)) / N",
+    _cross_entropy_fwd, _cross_entropy_vjp, None, saves=True)
+
+
+# --------------------------------------------------------------------------- composites
+# Written with the primitives above; no gradient rule of their own.
+
+def relu(x):
+    """max(x, 0), with relu'(0) = 0 as in PyTorch."""
+    return maximum(x, 0.0)
+
+
+def linear(x, weight, bias=None):
+    """x @ weightᵀ + bias, with weight of shape (out, in) as in PyTorch."""
+    y = matmul(x, transpose(weight))
+    return y if bias is None else add(y, bias)
+
+
+def softmax(x, axis=-1):
+    return exp(log_softmax(x, axis=axis))
+
+
+def square(x):
+    return mul(x, x)
+
+
+def sqrt(x):
+    return pow(x, 0.5)
+
+
+def minimum(x, y):
+    return neg(maximum(neg(x), neg(y)))
+
+
+def flatten(x, start_dim=1):
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    return reshape(x, shape=x.shape[:start_dim] + (-1,))
+
+
+# --------------------------------------------------------------------------- Tensor methods
+
+def _rev(prim):
+    return lambda self, other: prim(other, self)
+
+
+def _install_methods() -> None:
+    T = Tensor
+    T.__add__, T.__radd__ = lambda a, b: add(a, b), _rev(add)
+    T.__sub__, T.__rsub__ = lambda a, b: sub(a, b), _rev(sub)
+    T.__mul__, T.__rmul__ = lambda a, b: mul(a, b), _rev(mul)
+    T.__truediv__, T.__rtruediv__ = lambda a, b: div(a, b), _rev(div)
+    T.__pow__, T.__rpow__ = lambda a, b: pow(a, b), _rev(pow)
+    T.__matmul__, T.__rmatmul__ = lambda a, b: matmul(a, b), _rev(matmul)
+    T.__neg__ = lambda a: neg(a)
+    T.__abs__ = lambda a: abs(a)
+    T.__getitem__ = lambda a, index: getitem(
+        a, index=index.data if isinstance(index, Tensor) else index)
+    for name in ("__lt__", "__le__", "__gt__", "__ge__"):   # comparisons give plain arrays
+        op = getattr(np.ndarray, name)
+        setattr(T, name, (lambda op: lambda a, b: op(a.data, b.data if isinstance(b, T) else b))(op))
+    for prim in (exp, log, abs, sigmoid, log_sigmoid, softplus, round_ste):
+        setattr(T, prim.name, (lambda p: lambda a: p(a))(prim))
+    T.relu = relu
+    T.sum = lambda a, axis=None, keepdims=False: sum(a, axis=axis, keepdims=keepdims)
+    T.mean = lambda a, axis=None, keepdims=False: mean(a, axis=axis, keepdims=keepdims)
+    T.max = lambda a, axis=None, keepdims=False: max(a, axis=axis, keepdims=keepdims)
+    T.clip = lambda a, lo=None, hi=None: clip(a, lo=lo, hi=hi)
+    T.reshape = lambda a, *shape: reshape(
+        a, shape=tuple(shape[0]) if len(shape) == 1 and not np.isscalar(shape[0]) else shape)
+    T.transpose = lambda a, *axes: transpose(
+        a, axes=(tuple(axes[0]) if len(axes) == 1 and not np.isscalar(axes[0]) else axes) or None)
+    T.broadcast_to = lambda a, shape: broadcast_to(a, shape=tuple(shape))
+    T.flatten = flatten
+
+
+_install_methods()
