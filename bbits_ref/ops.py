@@ -223,6 +223,11 @@ def _windows(x, kh, kw, sh, sw):
     return sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
 
 
+def _tap(a, i, j, sh, sw, ho, wo):
+    """The (N, C, Ho, Wo) view of ``a`` seen by kernel tap (i, j): a[:, :, i + sh·h, j + sw·w]."""
+    return a[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+
+
 def _conv2d_fwd(x, w, *, stride=1, padding=0):
     if x.ndim != 4 or w.ndim != 4:
         raise ValueError(f"conv2d expects input (N, C, H, W) and weight (C_out, C_in, kh, kw); "
@@ -241,13 +246,17 @@ def _conv2d_fwd(x, w, *, stride=1, padding=0):
                          f"{h + 2 * ph}×{wd + 2 * pw}")
     if ph or pw:
         x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    win = _windows(x, kh, kw, sh, sw)                      # (N, C, Ho, Wo, kh, kw)
+    win = _windows(x, kh, kw, sh, sw)                      # (N, C, Ho, Wo, kh, kw), a view
     ho, wo = win.shape[2:4]
-    # im2col: one copy into rows (N·Ho·Wo) × (C·kh·kw), then one BLAS matmul.
-    cols = np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(n * ho * wo, -1)
-    out = cols @ w.reshape(o, -1).T                         # (N·Ho·Wo, C_out)
-    out = np.ascontiguousarray(out.reshape(n, ho, wo, o).transpose(0, 3, 1, 2))
-    return out, cols
+    # im2col: one copy into a (C·kh·kw) × (N·Ho·Wo) matrix, then one BLAS matmul.
+    cols = np.ascontiguousarray(win.transpose(1, 4, 5, 0, 2, 3)).reshape(c * kh * kw, -1)
+    out = (w.reshape(o, -1) @ cols).reshape(o, n, ho, wo)
+    return np.ascontiguousarray(out.transpose(1, 0, 2, 3)), cols
+
+
+def _channels_first(g):
+    """(N, C, H, W) -> contiguous (C, N·H·W), the layout both conv2d VJPs multiply with."""
+    return np.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(g.shape[1], -1)
 
 
 def _conv2d_dx(g, z, cols, x, w, *, stride=1, padding=0):
@@ -256,80 +265,86 @@ def _conv2d_dx(g, z, cols, x, w, *, stride=1, padding=0):
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
     ho, wo = g.shape[2:]
-    g2 = g.transpose(0, 2, 3, 1).reshape(-1, o)
-    dcols = (g2 @ w.reshape(o, -1)).reshape(n, ho, wo, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)
-    dx = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=g.dtype)
-    # col2im: scatter each kernel tap back; the loop runs over the kh·kw taps only, every tap
-    # adds a whole (N, C, Ho, Wo) block at once.
+    w_taps = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1, o)   # (kh·kw·C, C_out)
+    dcols = (w_taps @ _channels_first(g)).reshape(kh, kw, c, n, ho, wo)
+    dx = np.zeros((c, n, h + 2 * ph, wd + 2 * pw), dtype=g.dtype)
+    # col2im: the loop runs over the kh·kw kernel taps only; each step adds a whole
+    # (C, N, Ho, Wo) block at once.
     for i in range(kh):
         for j in range(kw):
-            dx[:, :, i:i + sh * ho:sh, j:j + sw * wo:sw] += dcols[:, :, i, j]
-    return dx[:, :, ph:ph + h, pw:pw + wd]
+            _tap(dx, i, j, sh, sw, ho, wo)[...] += dcols[i, j]
+    return dx[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)
 
 
 def _conv2d_dw(g, z, cols, x, w, *, stride=1, padding=0):
-    g2 = g.transpose(0, 2, 3, 1).reshape(-1, w.shape[0])
-    return (g2.T @ cols).reshape(w.shape)
+    return (_channels_first(g) @ cols.T).reshape(w.shape)
 
 
 conv2d = register(
     "conv2d", "z[n,o] = Σ_{c,i,j} w[o,c,i,j]·x[n,c,s·h+i,s·w+j] (im2col + matmul);  "
-    "w̄ = gᵀ·cols, x̄ = col2im(g·W)", _conv2d_fwd, _conv2d_dx, _conv2d_dw, saves=True)
+    "w̄ = g·colsᵀ, x̄ = col2im(Wᵀ·g)", _conv2d_fwd, _conv2d_dx, _conv2d_dw, saves=True)
 
 # --------------------------------------------------------------------------- pooling
+# Pools loop over the kh·kw window taps (at most a handful); every step works on whole
+# (N, C, Ho, Wo) strided views, which is far faster than gathering windows into a copy.
 
 def _pool_geometry(x, kernel_size, stride, name):
     if x.ndim != 4:
         raise ValueError(f"{name} expects input (N, C, H, W); got shape {x.shape}")
     kh, kw = _pair(kernel_size, "kernel_size")
     sh, sw = _pair(kernel_size if stride is None else stride, "stride")
+    if kh < 1 or kw < 1 or sh < 1 or sw < 1:
+        raise ValueError(f"{name}: kernel_size and stride must be ≥ 1; got {kernel_size}, {stride}")
     if kh > x.shape[2] or kw > x.shape[3]:
         raise ValueError(f"{name}: window {kh}×{kw} larger than the input {x.shape[2:]}")
-    return kh, kw, sh, sw
+    ho, wo = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
+    return kh, kw, sh, sw, ho, wo
 
 
-def _window_flat_index(x_shape, out_shape, kh, kw, sh, sw):
-    """Flat index into x of every window element, shape (N, C, Ho, Wo, kh·kw)."""
-    n, c, h, w = x_shape
-    ho, wo = out_shape
-    rows = (np.arange(ho) * sh)[:, None, None, None] + np.arange(kh)[None, None, :, None]
-    colm = (np.arange(wo) * sw)[None, :, None, None] + np.arange(kw)[None, None, None, :]
-    within = (rows * w + colm).reshape(ho, wo, kh * kw)
-    plane = (np.arange(n * c) * (h * w)).reshape(n, c, 1, 1, 1)
-    return plane + within
+def _taps(kh, kw):
+    return [(i, j) for i in range(kh) for j in range(kw)]     # PyTorch's scan order
 
 
 def _max_pool_fwd(x, *, kernel_size=2, stride=None):
-    kh, kw, sh, sw = _pool_geometry(x, kernel_size, stride, "max_pool2d")
-    win = _windows(x, kh, kw, sh, sw)
-    flat = win.reshape(*win.shape[:4], kh * kw)
-    arg = flat.argmax(axis=-1)[..., None]                 # first maximum, as PyTorch
-    return np.take_along_axis(flat, arg, axis=-1)[..., 0], arg
+    kh, kw, sh, sw, ho, wo = _pool_geometry(x, kernel_size, stride, "max_pool2d")
+    out = None
+    for i, j in _taps(kh, kw):
+        t = _tap(x, i, j, sh, sw, ho, wo)
+        out = t.copy() if out is None else np.maximum(out, t, out=out)
+    return out
 
 
-def _max_pool_vjp(g, z, arg, x, *, kernel_size=2, stride=None):
-    kh, kw, sh, sw = _pool_geometry(x, kernel_size, stride, "max_pool2d")
-    idx = np.take_along_axis(_window_flat_index(x.shape, g.shape[2:], kh, kw, sh, sw), arg, -1)
-    return np.bincount(idx.ravel(), weights=g.ravel(), minlength=x.size).astype(
-        g.dtype, copy=False).reshape(x.shape)
+def _max_pool_vjp(g, z, s, x, *, kernel_size=2, stride=None):
+    kh, kw, sh, sw, ho, wo = _pool_geometry(x, kernel_size, stride, "max_pool2d")
+    dx = np.zeros_like(x)
+    open_ = np.ones(z.shape, dtype=bool)      # windows whose maximum has not been routed yet
+    for i, j in _taps(kh, kw):
+        hit = (_tap(x, i, j, sh, sw, ho, wo) == z) & open_
+        _tap(dx, i, j, sh, sw, ho, wo)[...] += np.where(hit, g, 0)
+        open_ &= ~hit
+    return dx
 
 
 max_pool2d = register(
-    "max_pool2d", "z = max over each window;  x̄ = g routed to the (first) maximum of its window",
-    _max_pool_fwd, _max_pool_vjp, saves=True)
+    "max_pool2d", "z = max over each window;  x̄ = g routed to the first maximum of its window",
+    _max_pool_fwd, _max_pool_vjp)
 
 
 def _avg_pool_fwd(x, *, kernel_size=2, stride=None):
-    kh, kw, sh, sw = _pool_geometry(x, kernel_size, stride, "avg_pool2d")
-    return _windows(x, kh, kw, sh, sw).mean(axis=(-2, -1))
+    kh, kw, sh, sw, ho, wo = _pool_geometry(x, kernel_size, stride, "avg_pool2d")
+    out = np.zeros((x.shape[0], x.shape[1], ho, wo), dtype=x.dtype)
+    for i, j in _taps(kh, kw):
+        out += _tap(x, i, j, sh, sw, ho, wo)
+    return out / (kh * kw)
 
 
 def _avg_pool_vjp(g, z, s, x, *, kernel_size=2, stride=None):
-    kh, kw, sh, sw = _pool_geometry(x, kernel_size, stride, "avg_pool2d")
-    idx = _window_flat_index(x.shape, g.shape[2:], kh, kw, sh, sw)
-    wts = np.broadcast_to((g / (kh * kw))[..., None], idx.shape)
-    return np.bincount(idx.ravel(), weights=wts.ravel(), minlength=x.size).astype(
-        g.dtype, copy=False).reshape(x.shape)
+    kh, kw, sh, sw, ho, wo = _pool_geometry(x, kernel_size, stride, "avg_pool2d")
+    dx = np.zeros_like(x)
+    share = g / (kh * kw)
+    for i, j in _taps(kh, kw):
+        _tap(dx, i, j, sh, sw, ho, wo)[...] += share
+    return dx
 
 
 avg_pool2d = register("avg_pool2d", "z = mean over each window;  x̄ = g / (kh·kw) to every element",

@@ -1,0 +1,449 @@
+"""Bayesian Bits quantizers as modules, and the quantized layers built from them (spec §1, §3, §6).
+
+* :class:`BBQuantizer` — one quantizer: a learned range β (created lazily from the first tensor
+  it sees, spec §2.1), the chain gate logits (φ4, φ8, φ16, φ32) and, for weight tensors with
+  pruning, one pruning logit φ2 per output channel.  In training it samples one gate value per
+  gate per forward pass from uniform noise it is given (spec §3.2); in evaluation it uses the
+  deterministic test-time gates (spec §3.4).
+* :class:`QConv2d`, :class:`QLinear` — conv / linear with a weight quantizer, optional ReLU and an
+  activation quantizer after the ReLU (spec §6).  Biases are neither quantized nor gated.
+* :class:`QConv2dBN`, :class:`QLinearBN` — the same with batch norm folded into the quantized
+  weight and corrected by batch statistics from a second, full-precision pass (spec §6).
+
+Configuration (gate type, presets, ablations) is one :class:`BBConfig`.  Notebook:
+``notebooks/06_lenet5_mnist.ipynb``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from . import gates as gates_mod
+from . import ops, prior
+from .engine import Tensor
+from .nn import BatchNorm1d, BatchNorm2d, Module, Parameter, as_generator
+from .quantizer import BIT_WIDTHS, bb_quantize, check_bits, init_range
+
+__all__ = ["BBConfig", "GATE_PRESETS", "BBQuantizer", "QConv2d", "QLinear", "QConv2dBN",
+           "QLinearBN", "QuantizedLayer"]
+
+#: Initial chain logits (φ4, φ8, φ16, φ32) of the official README runs (spec §3.1).
+GATE_PRESETS = {
+    "mnist": (6.0, 6.0, -6.0, -6.0),      # at most 8 bits: z16, z32 start (and stay) cut
+    "cifar10": (6.0, 6.0, 6.0, 6.0),
+    "imagenet": (6.0, 6.0, 6.0, -6.0),
+}
+PRIOR_KINDS = ("autoregressive", "independent")
+
+
+@dataclass(frozen=True)
+class BBConfig:
+    """Everything that decides how a model quantizes and prunes.
+
+    Defaults reproduce the official code (hard-concrete gates, hard cut at φ ≤ −2, the
+    ReLU-form clip, the autoregressive BOP-weighted prior, pruning on).
+
+    Attributes
+    ----------
+    gate : "hard_concrete" (official) or "gumbel_softmax" (spec §3.7).
+    gate_options : keyword arguments for the gate (temperature, straight_through, ...).
+    chain_init : initial (φ4, φ8, φ16, φ32), hard-concrete scale; a preset name from
+        :data:`GATE_PRESETS` is accepted.  For Gumbel-softmax gates the logits are shifted by
+        +1.598597 so the initial P(z = 1) equals the hard-concrete P(z ≠ 0) (spec §3.7).
+    prune_init : initial φ2 for every output channel (6.0 in the official code).
+    hard_cut : the official φ ≤ −2 hard cut of z4…z32 (spec §3.5).
+    clip : "official" (ReLU form, bit-exact) or "numpy" (np.clip), spec §2.3a.
+    pruning : False gives the *quantization-only* ablation (z2 ≡ 1).
+    learn_bits : False gives the *pruning-only* ablation: bit widths fixed at ``weight_bits`` /
+        ``act_bits``, only z2 is learned.
+    quantize : False gives a full-precision network (no quantizers at all).
+    weight_bits, act_bits : fixed bit widths for ``learn_bits=False``; with ``pruning=False`` too,
+        this is the *uniform fixed-bit* baseline.
+    prior : "autoregressive" (official) or "independent" (ablation, spec §4).
+    reg_type : "bop" (README runs) or "const" (every gate costs 1).
+    """
+
+    gate: str = "hard_concrete"
+    gate_options: dict = field(default_factory=dict)
+    chain_init: tuple | str = "mnist"
+    prune_init: float = 6.0
+    hard_cut: bool = True
+    clip: str = "official"
+    pruning: bool = True
+    learn_bits: bool = True
+    quantize: bool = True
+    weight_bits: int | None = None
+    act_bits: int | None = None
+    prior: str = "autoregressive"
+    reg_type: str = "bop"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.chain_init, str):
+            if self.chain_init not in GATE_PRESETS:
+                raise ValueError(f"unknown gate preset {self.chain_init!r}; choose one of "
+                                 f"{sorted(GATE_PRESETS)} or give four logits (φ4, φ8, φ16, φ32)")
+        elif len(self.chain_init) != 4:
+            raise ValueError(f"chain_init needs four logits (φ4, φ8, φ16, φ32); got "
+                             f"{self.chain_init!r}")
+        if self.prior not in PRIOR_KINDS:
+            raise ValueError(f"prior must be one of {PRIOR_KINDS}; got {self.prior!r}")
+        if self.reg_type not in ("bop", "const"):
+            raise ValueError(f"reg_type must be 'bop' or 'const'; got {self.reg_type!r}")
+        if self.clip not in ("official", "numpy"):
+            raise ValueError(f"clip must be 'official' or 'numpy'; got {self.clip!r}")
+        if self.quantize and not self.learn_bits:
+            for name in ("weight_bits", "act_bits"):
+                bits = getattr(self, name)
+                if bits is None:
+                    raise ValueError(f"learn_bits=False needs fixed bit widths: set {name}")
+                check_bits(bits)
+        gates_mod.make_gate(self.gate, **self.gate_options)   # validates the gate settings
+
+    @property
+    def chain_logits(self) -> np.ndarray:
+        """Initial (φ4, φ8, φ16, φ32) on the scale of the configured gate."""
+        base = np.array(GATE_PRESETS[self.chain_init] if isinstance(self.chain_init, str)
+                        else self.chain_init, dtype=np.float64)
+        return base + self._logit_shift()
+
+    @property
+    def prune_logit(self) -> float:
+        return float(self.prune_init + self._logit_shift())
+
+    def _logit_shift(self) -> float:
+        if self.gate != "gumbel_softmax":
+            return 0.0
+        hc = gates_mod.HardConcrete()
+        return -hc.temperature * float(np.log(-hc.gamma / hc.zeta))   # +1.598597
+
+    def with_(self, **changes) -> "BBConfig":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+
+def _fixed_chain(bits: int) -> np.ndarray:
+    """0/1 chain gates (z4, z8, z16, z32) that select ``bits`` (spec §2.7)."""
+    check_bits(bits)
+    return np.array([float(bits >= b) for b in BIT_WIDTHS[1:]])
+
+
+class BBQuantizer(Module):
+    """One Bayesian Bits quantizer for a weight tensor or an activation (spec §1–§3).
+
+    Parameters
+    ----------
+    kind : "weight" or "activation" (only changes names in readouts; signedness comes from data).
+    channels : number of output channels for a pruning gate z2 (weights), or None (no pruning).
+    config : :class:`BBConfig`.
+    fixed_bits : the bit width used when ``config.learn_bits`` is False.
+
+    Parameters created: ``beta`` (range, lazily at the first forward), ``gate_logits`` (φ4, φ8,
+    φ16, φ32; shape (4,)), ``prune_logits`` (φ2, shape (channels,), only with pruning).
+    """
+
+    def __init__(self, kind: str, channels: int | None, config: BBConfig,
+                 fixed_bits: int | None = None, dtype=np.float32) -> None:
+        super().__init__()
+        if kind not in ("weight", "activation"):
+            raise ValueError(f"kind must be 'weight' or 'activation'; got {kind!r}")
+        self.kind, self.config, self.dtype = kind, config, np.dtype(dtype)
+        self.gate = gates_mod.make_gate(config.gate, **config.gate_options)
+        self.beta: Parameter | None = None
+        # -1: not initialised yet, 0: unsigned (α = 0), 1: signed (α = −β); a buffer so that
+        # checkpoints carry it (spec §2.1).
+        self.register_buffer("signed_flag", np.array(-1, dtype=np.int8))
+        self.fixed_bits = fixed_bits
+        self.mac_weight = 1.0           # MAC_t / MAC_max, set by the model (spec §4.4)
+        self.noise: dict | None = None  # uniform noise for the next training forward
+        self.fixed_gates = False        # True: deterministic gates in training too (fine-tuning)
+        self.gate_logits = (Parameter(config.chain_logits.astype(dtype)) if config.learn_bits
+                            else None)
+        pruned = channels is not None and config.pruning
+        self.channels = channels
+        self.prune_logits = (Parameter(np.full(channels, config.prune_logit, dtype=dtype))
+                             if pruned else None)
+
+    # -- noise
+    def sample_noise(self, rng: np.random.Generator) -> dict:
+        """Uniform noise for one training forward: ``{"prune": (C,), "chain": (4,)}``.
+
+        Drawn in this order (prune first) from ``rng``; noise for gates that end up hard-cut is
+        drawn too but unused, so every implementation can be fed the same arrays.
+        """
+        out = {}
+        if self.prune_logits is not None:
+            out["prune"] = gates_mod.uniform_noise(rng, self.prune_logits.shape)
+        if self.gate_logits is not None:
+            out["chain"] = gates_mod.uniform_noise(rng, (4,))
+        return out
+
+    # -- range
+    def initialize_range(self, x: np.ndarray) -> None:
+        """β ← max(max(x), 0) and signed ← min(x) < 0, from the first tensor seen (spec §2.1)."""
+        beta, signed = init_range(np.asarray(x))
+        if not beta > 0:
+            raise ValueError(f"{self.kind} quantizer: the first tensor it saw has max {beta}, so "
+                             "its range β would be 0. Initialise with data that has positive "
+                             "values (e.g. two training images).")
+        self.beta = Parameter(np.array(beta, dtype=self.dtype))
+        self.signed_flag = np.array(int(signed), dtype=np.int8)
+
+    @property
+    def signed(self) -> bool | None:
+        """True for a signed range [−β, β] (weights), False for [0, β]; None before init."""
+        flag = int(self.signed_flag)
+        return None if flag < 0 else bool(flag)
+
+    # -- gates
+    def gate_values(self) -> tuple:
+        """(z2, z4, z8, z16, z32) for the next forward: samples in training, 0/1 in evaluation.
+
+        With ``fixed_gates`` (fixed-gate fine-tuning) the test-time 0/1 gates are used in
+        training as well.
+        """
+        sample = self.training and not self.fixed_gates
+        z2 = None
+        if self.prune_logits is not None:
+            if sample:
+                z2 = self.gate.sample(self.prune_logits, self._noise("prune"))
+            else:
+                z2 = self.gate.deterministic(self.prune_logits.data)
+        if self.gate_logits is None:
+            chain = [float(v) or None for v in _fixed_chain(self.fixed_bits)]
+        else:
+            chain = gates_mod.chain_gates(self.gate, self.gate_logits,
+                                          self._noise("chain") if sample else None,
+                                          training=sample, hard_cut=self.config.hard_cut)
+        return (z2, *chain)
+
+    def _noise(self, key: str) -> np.ndarray:
+        if self.noise is None or key not in self.noise:
+            raise RuntimeError(
+                "a training forward samples gates and needs their uniform noise: call the model "
+                "with rng= (a numpy Generator) or noise= (from model.sample_noise(rng))")
+        return self.noise[key]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.beta is None:
+            self.initialize_range(x.data)
+        z = self.gate_values()
+        return bb_quantize(x, self.beta, *z, signed=self.signed, clip=self.config.clip)
+
+    # -- prior
+    def chain_probs(self) -> Tensor:
+        """q(z_b ≠ 0 | z_{b/2} = 1) for b = 4…32, differentiable in the logits (spec §3.3)."""
+        if self.gate_logits is None:
+            return Tensor(_fixed_chain(self.fixed_bits).astype(self.dtype))
+        return self.gate.prob_nonzero(self.gate_logits)
+
+    def prune_probs(self) -> Tensor | None:
+        return None if self.prune_logits is None else self.gate.prob_nonzero(self.prune_logits)
+
+    def regularizer(self) -> Tensor:
+        """R_t of spec §4.3 (or the independent-prior ablation), weighted by ``mac_weight``."""
+        fn = (prior.bop_regularizer if self.config.prior == "autoregressive"
+              else prior.independent_regularizer)
+        return fn(self.prune_probs(), self.chain_probs(), self.mac_weight,
+                  reg_type=self.config.reg_type)
+
+    # -- deterministic view (no gradients)
+    def deterministic_chain(self) -> np.ndarray:
+        """Test-time (z4, z8, z16, z32) as 0/1, with the hard cut applied (spec §3.4–§3.5)."""
+        if self.gate_logits is None:
+            return _fixed_chain(self.fixed_bits)
+        vals = gates_mod.chain_gates(self.gate, self.gate_logits, None, training=False,
+                                     hard_cut=self.config.hard_cut)
+        return np.array([0.0 if v is None else float(np.asarray(getattr(v, "data", v)))
+                         for v in vals])
+
+    def kept_channels(self) -> np.ndarray | None:
+        """Boolean mask of the output channels whose test-time z2 is 1 (None: no pruning gate)."""
+        if self.prune_logits is None:
+            return None
+        return self.gate.deterministic(self.prune_logits.data).astype(bool)
+
+    def extra_repr(self) -> str:
+        beta = "lazy" if self.beta is None else f"{float(self.beta.data):.4g}"
+        return f"{self.kind}, channels={self.channels}, beta={beta}, gate={self.config.gate}"
+
+
+class QuantizedLayer(Module):
+    """Shared machinery of the quantized conv/linear layers: quantizers, MACs, noise."""
+
+    weight_quantizer: BBQuantizer | None
+    act_quantizer: BBQuantizer | None
+    macs: int = 0
+
+    def _make_quantizers(self, out_channels, config, prune, act_quant, dtype):
+        if not config.quantize:
+            self.weight_quantizer = self.act_quantizer = None
+            return
+        self.weight_quantizer = BBQuantizer("weight", out_channels if prune else None, config,
+                                            config.weight_bits, dtype)
+        self.act_quantizer = (BBQuantizer("activation", None, config, config.act_bits, dtype)
+                              if act_quant else None)
+
+    def quantize_weight(self, w: Tensor) -> Tensor:
+        return w if self.weight_quantizer is None else self.weight_quantizer(w)
+
+    def finish(self, y: Tensor) -> Tensor:
+        """ReLU, then the activation quantizer (spec §6: quantize after the nonlinearity)."""
+        if self.relu:
+            y = ops.relu(y)
+        return y if self.act_quantizer is None else self.act_quantizer(y)
+
+
+class QConv2d(QuantizedLayer):
+    """Conv2d → (+bias) → ReLU → activation quantizer, with a BB weight quantizer (spec §6)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *, rng,
+                 config: BBConfig, relu=True, act_quant=True, prune=True, bias=True,
+                 dtype=np.float32) -> None:
+        super().__init__()
+        rng = as_generator(rng)
+        from .nn import Conv2d
+        conv = Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias, rng=rng,
+                      dtype=dtype)
+        self.weight, self.bias = conv.weight, conv.bias
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = conv.kernel_size, stride, padding
+        self.relu = relu
+        self._make_quantizers(out_channels, config, prune, act_quant, dtype)
+
+    def out_shape(self, in_shape: tuple) -> tuple:
+        """(C, H, W) → (C_out, H_out, W_out); also records the layer's MACs (spec §4.4)."""
+        kh, kw = self.kernel_size
+        s, p = self.stride, self.padding
+        h = (in_shape[1] + 2 * p - kh) // s + 1
+        w = (in_shape[2] + 2 * p - kw) // s + 1
+        self.macs = int(self.out_channels * h * w * kh * kw * in_shape[0])
+        return (self.out_channels, h, w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = ops.conv2d(x, self.quantize_weight(self.weight), stride=self.stride,
+                       padding=self.padding)
+        if self.bias is not None:
+            y = y + ops.reshape(self.bias, shape=(-1, 1, 1))
+        return self.finish(y)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+
+
+class QLinear(QuantizedLayer):
+    """Linear → (+bias) → [ReLU → activation quantizer], with a BB weight quantizer (spec §6)."""
+
+    def __init__(self, in_features, out_features, *, rng, config: BBConfig, relu=True,
+                 act_quant=True, prune=True, bias=True, dtype=np.float32) -> None:
+        super().__init__()
+        from .nn import Linear
+        lin = Linear(in_features, out_features, bias, rng=as_generator(rng), dtype=dtype)
+        self.weight, self.bias = lin.weight, lin.bias
+        self.in_features, self.out_features = in_features, out_features
+        self.relu = relu
+        self._make_quantizers(out_features, config, prune, act_quant, dtype)
+
+    def out_shape(self, in_shape: tuple) -> tuple:
+        self.macs = int(self.in_features * self.out_features)
+        return (self.out_features,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.finish(ops.linear(x, self.quantize_weight(self.weight), self.bias))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}"
+
+
+class _FoldedBN(QuantizedLayer):
+    """Batch norm folded into the quantized weight, corrected by batch statistics (spec §6).
+
+    Training: y = op(x, Q(W·γ/σ_run))·(σ_run/σ_B) + (β_bn − γ·μ_B/σ_B), where μ_B and σ_B (biased
+    variance + eps) come from a second, full-precision op with the raw W, and the running
+    statistics are updated with the unbiased variance (momentum 0.1).
+    Evaluation: y = op(x, Q(W·γ/σ_run)) + (β_bn − γ·μ_run/σ_run).
+    The layer has no bias of its own; the folded shift is neither quantized nor gated.
+    """
+
+    bn: BatchNorm1d | BatchNorm2d
+
+    def _op(self, x, w):
+        raise NotImplementedError
+
+    def _bshape(self, v):
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        bn = self.bn
+        sigma_run = np.sqrt(bn.running_var + bn.eps).astype(self.weight.dtype)
+        scale = bn.weight / Tensor(sigma_run)                      # γ / σ_run, per channel
+        w_fold = self.weight * ops.reshape(scale, shape=(-1,) + (1,) * (self.weight.ndim - 1))
+        y = self._op(x, self.quantize_weight(w_fold))
+        if self.training:
+            y_fp = self._op(x, self.weight)
+            mean, var = bn.batch_stats(y_fp)
+            n = y_fp.size // bn.num_features
+            bn.update_running_stats(mean.data.reshape(-1), var.data.reshape(-1), n)
+            sigma_b = (var + bn.eps) ** 0.5
+            y = y * (Tensor(self._bshape(sigma_run)) / sigma_b) + (
+                self._bshape(bn.bias) - self._bshape(bn.weight) * mean / sigma_b)
+        else:
+            shift = bn.bias.data - bn.weight.data * bn.running_mean / sigma_run
+            y = y + self._bshape(Tensor(shift.astype(self.weight.dtype)))
+        return self.finish(y)
+
+
+class QConv2dBN(_FoldedBN):
+    """Conv2d (no bias) with folded BatchNorm2d → ReLU → activation quantizer (VGG-7 blocks)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1, *, rng,
+                 config: BBConfig, relu=True, act_quant=True, prune=True,
+                 dtype=np.float32) -> None:
+        super().__init__()
+        from .nn import Conv2d
+        conv = Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False,
+                      rng=as_generator(rng), dtype=dtype)
+        self.weight = conv.weight
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = conv.kernel_size, stride, padding
+        self.bn = BatchNorm2d(out_channels, dtype=dtype)
+        self.relu = relu
+        self._make_quantizers(out_channels, config, prune, act_quant, dtype)
+
+    out_shape = QConv2d.out_shape
+
+    def _op(self, x, w):
+        return ops.conv2d(x, w, stride=self.stride, padding=self.padding)
+
+    def _bshape(self, v):
+        return ops.reshape(v, shape=(1, -1, 1, 1))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, bn"
+
+
+class QLinearBN(_FoldedBN):
+    """Linear (no bias) with folded BatchNorm1d → ReLU → activation quantizer (VGG-7 fc1)."""
+
+    def __init__(self, in_features, out_features, *, rng, config: BBConfig, relu=True,
+                 act_quant=True, prune=True, dtype=np.float32) -> None:
+        super().__init__()
+        from .nn import Linear
+        lin = Linear(in_features, out_features, bias=False, rng=as_generator(rng), dtype=dtype)
+        self.weight = lin.weight
+        self.in_features, self.out_features = in_features, out_features
+        self.bn = BatchNorm1d(out_features, dtype=dtype)
+        self.relu = relu
+        self._make_quantizers(out_features, config, prune, act_quant, dtype)
+
+    out_shape = QLinear.out_shape
+
+    def _op(self, x, w):
+        return ops.linear(x, w)
+
+    def _bshape(self, v):
+        return ops.reshape(v, shape=(1, -1))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bn"
+

@@ -1,0 +1,387 @@
+"""Training Bayesian Bits models: the official recipe, a history, checkpoints and resume.
+
+The default :class:`TrainConfig` is the official MNIST recipe (spec §7.3): Adam at 1e-3 for
+three parameter groups (weights, gate logits, ranges), the weights' learning rate constant and
+then linearly decayed to 0 over the last third of the epochs, μ = 0.1, batch 128, the dataset's
+gate preset, and evaluation with deterministic gates after every epoch.
+
+Randomness comes from one seed, split with ``numpy.random.SeedSequence`` into three streams —
+initialisation, data order (and augmentation), gate noise — whose states are saved in every
+checkpoint, so an interrupted run resumed from its last checkpoint finishes bit for bit like an
+uninterrupted one.  Notebook: ``notebooks/06_lenet5_mnist.ipynb``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import ops
+from .checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint, write_json
+from .engine import no_grad
+from .models import BBNet, lenet5, vgg7
+from .optim import Adam, linear_decay_last_third
+from .qnn import BBConfig
+from .readout import model_readout
+
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train", "build_model", "history_record"]
+
+DATASET_PRESETS = {"mnist-small": "mnist", "mnist": "mnist", "cifar10": "cifar10"}
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or a gradient became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; the defaults are the official MNIST recipe (spec §7.3).
+
+    ``epochs`` defaults to 5 so that ``bbits-ref train`` finishes in minutes on the embedded
+    data; the paper trains LeNet-5 for 100 epochs.
+    """
+
+    dataset: str = "mnist-small"        # "mnist-small" (embedded) | "mnist" | "cifar10"
+    model: str = "lenet5"               # "lenet5" | "vgg7"
+    width: float = 1.0                  # VGG-7 width multiplier
+    epochs: int = 5
+    batch_size: int = 128
+    mu: float = 0.1
+    lr_weights: float = 1e-3
+    lr_gates: float = 1e-3
+    lr_ranges: float = 1e-3
+    lr_schedule: str = "official"       # "official" (linear decay, last third) | "constant"
+    gate: str = "hard_concrete"         # "hard_concrete" | "gumbel_softmax"
+    gate_temperature: float | None = None
+    straight_through: bool = False      # Gumbel-softmax only
+    gate_preset: str | None = None      # None: the dataset's (mnist / cifar10)
+    hard_cut: bool = True
+    prior: str = "autoregressive"       # "autoregressive" | "independent"
+    reg_type: str = "bop"               # "bop" | "const"
+    pruning: bool = True                # False: quantization only
+    learn_bits: bool = True             # False: pruning only, at weight_bits / act_bits
+    quantize: bool = True               # False: full precision
+    weight_bits: int | None = None
+    act_bits: int | None = None
+    finetune_epochs: int = 0            # fixed-gate fine-tuning after the gated phase
+    finetune_lr: float = 1e-4
+    seed: int = 0
+    log_every: int = 20                 # steps between history records
+    train_limit: int | None = None      # use only the first n training examples
+    test_limit: int | None = None
+    data_dir: str | None = None
+    download: bool = False
+    augment: bool | None = None         # None: CIFAR-10 yes, MNIST no (spec §7.3)
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASET_PRESETS:
+            raise ValueError(f"dataset must be one of {sorted(DATASET_PRESETS)}; got {self.dataset!r}")
+        if self.model not in ("lenet5", "vgg7"):
+            raise ValueError(f"model must be 'lenet5' or 'vgg7'; got {self.model!r}")
+        for name in ("epochs", "batch_size", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if self.finetune_epochs < 0 or self.mu < 0:
+            raise ValueError("finetune_epochs and mu must be non-negative")
+        if self.lr_schedule not in ("official", "constant"):
+            raise ValueError(f"lr_schedule must be 'official' or 'constant'; got {self.lr_schedule!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
+        self.bb_config()          # validates the quantization settings early
+
+    def bb_config(self) -> BBConfig:
+        options = {}
+        if self.gate_temperature is not None:
+            options["temperature"] = self.gate_temperature
+        if self.straight_through:
+            options["straight_through"] = True
+        return BBConfig(gate=self.gate, gate_options=options,
+                        chain_init=self.gate_preset or DATASET_PRESETS[self.dataset],
+                        hard_cut=self.hard_cut, pruning=self.pruning, learn_bits=self.learn_bits,
+                        quantize=self.quantize, weight_bits=self.weight_bits,
+                        act_bits=self.act_bits, prior=self.prior, reg_type=self.reg_type)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings: {unknown}")
+        return cls(**d)
+
+
+def build_model(config: TrainConfig, rng) -> BBNet:
+    """The model a config asks for (LeNet-5 or VGG-7 with its width)."""
+    dtype = np.dtype(config.dtype)
+    if config.model == "lenet5":
+        return lenet5(config.bb_config(), rng=rng, dtype=dtype)
+    return vgg7(config.width, config.bb_config(), rng=rng, dtype=dtype)
+
+
+def history_record(model: BBNet, **scalars) -> dict:
+    """One history entry: the given scalars plus the model's readout (spec §5, readout API)."""
+    r = model_readout(model)
+    rec = dict(scalars)
+    rec["relative_bops"] = r.relative_bops
+    rec["expected_relative_bops"] = r.expected_relative_bops
+    rec["quantizers"] = {
+        q.name: {"chain_probs": [round(float(p), 6) for p in q.chain_probs],
+                 "prune_prob_mean": None if q.prune_probs is None else float(q.prune_probs.mean()),
+                 "expected_bits": q.expected_bits, "bits": q.deterministic_bits,
+                 "kept": q.kept_channels, "channels": q.channels}
+        for q in r.quantizers}
+    return rec
+
+
+def _load_data(config: TrainConfig):
+    from . import data
+    ds = data.load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+    xtr, ytr, xte, yte = data.prepare(ds, dtype=np.dtype(config.dtype))
+    if config.train_limit:
+        xtr, ytr = xtr[:config.train_limit], ytr[:config.train_limit]
+    if config.test_limit:
+        xte, yte = xte[:config.test_limit], yte[:config.test_limit]
+    return xtr, ytr, xte, yte
+
+
+class Trainer:
+    """Runs one training job; see :func:`train` for the one-call version.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    out_dir : where ``config.json``, ``history.json``, ``summary.json``, ``checkpoint.npz`` and
+        ``figures/`` go (None: keep everything in memory).
+    data : optional ``(x_train, y_train, x_test, y_test)`` already normalised (N, C, H, W)
+        float arrays; by default the config's dataset is loaded.
+    progress : show tqdm progress bars (notebook-aware).
+    """
+
+    def __init__(self, config: TrainConfig, out_dir=None, data=None, progress: bool = True) -> None:
+        self.config = config
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.progress = progress
+        init_seq, data_seq, noise_seq = np.random.SeedSequence(config.seed).spawn(3)
+        self.data_rng = np.random.default_rng(data_seq)
+        self.noise_rng = np.random.default_rng(noise_seq)
+        self.x_train, self.y_train, self.x_test, self.y_test = (
+            _load_data(config) if data is None else data)
+        if len(self.x_train) < 2:
+            raise ValueError("training needs at least 2 examples (ranges are initialised from 2)")
+        self.model = build_model(config, np.random.default_rng(init_seq))
+        # Official order (spec §7.3): push 2 training images, then build the optimizers.
+        self.model.initialize(self.x_train[:2], self.noise_rng)
+        self.optimizer = self._make_optimizer()
+        self.epoch = 0            # finished epochs
+        self.step = 0             # finished optimizer steps
+        self.history: list[dict] = []
+        self.last_checkpoint: Path | None = None
+        self.started = time.time()
+
+    # -- setup
+    @property
+    def total_epochs(self) -> int:
+        return self.config.epochs + self.config.finetune_epochs
+
+    def _make_optimizer(self) -> Adam:
+        c = self.config
+        groups = self.model.parameter_groups()
+        decay = (linear_decay_last_third(c.epochs) if c.lr_schedule == "official"
+                 else (lambda e: 1.0))
+        gated = c.epochs
+
+        def weights(e):
+            return decay(e) if e < gated else c.finetune_lr / c.lr_weights
+
+        def gates(e):
+            return 1.0 if e < gated else 0.0       # fixed gates while fine-tuning
+
+        def ranges(e):
+            return 1.0 if e < gated else c.finetune_lr / c.lr_ranges
+
+        spec = [("weights", c.lr_weights, weights), ("gates", c.lr_gates, gates),
+                ("ranges", c.lr_ranges, ranges)]
+        return Adam([{"params": groups[name], "lr": lr, "name": name, "lr_lambda": fn}
+                     for name, lr, fn in spec if groups[name]])
+
+    # -- one epoch
+    def _set_phase(self) -> None:
+        """Gated phase: sampled gates; fine-tuning phase: the deterministic gates, fixed."""
+        finetune = self.epoch >= self.config.epochs
+        for _, q in self.model.quantizers():
+            q.fixed_gates = finetune
+
+    def train_epoch(self) -> dict:
+        c = self.config
+        self.optimizer.schedule(self.epoch)
+        self._set_phase()
+        mu = 0.0 if self.epoch >= c.epochs else c.mu
+        self.model.train()
+        n = len(self.x_train)
+        order = self.data_rng.permutation(n)
+        n_batches = math.ceil(n / c.batch_size)
+        bar = self._bar(n_batches, f"epoch {self.epoch + 1}/{self.total_epochs}")
+        correct = seen = 0
+        ce_sum = 0.0
+        for b in range(n_batches):
+            idx = order[b * c.batch_size:(b + 1) * c.batch_size]
+            xb, yb = self.x_train[idx], self.y_train[idx]
+            if self._augment():
+                from .data import augment_cifar
+                xb = augment_cifar(xb, self.data_rng)
+            self.optimizer.zero_grad()
+            logits = self.model(xb, noise=self.model.sample_noise(self.noise_rng))
+            ce = ops.cross_entropy(logits, yb)
+            reg = self.model.regularizer()
+            loss = ce + mu * reg if mu else ce
+            self._check_finite(float(loss.data), "loss")
+            loss.backward()
+            self._check_grads()
+            self.optimizer.step()
+            self.step += 1
+            hits = int((logits.data.argmax(axis=1) == yb).sum())
+            correct, seen, ce_sum = correct + hits, seen + len(yb), ce_sum + float(ce.data) * len(yb)
+            if self.step % c.log_every == 0:
+                self.history.append(history_record(
+                    self.model, kind="step", step=self.step, epoch=self.epoch + (b + 1) / n_batches,
+                    ce=float(ce.data), reg=float(reg.data), train_acc=hits / len(yb)))
+                self.model.train()
+            if bar is not None:
+                bar.update(1)
+                if b % 10 == 0 or b == n_batches - 1:
+                    bar.set_postfix(loss=f"{float(loss.data):.3f}", acc=f"{correct / seen:.3f}",
+                                    bops=f"{self.history[-1]['relative_bops']:.2f}%"
+                                    if self.history else "-")
+        if bar is not None:
+            bar.close()
+        self.epoch += 1
+        test_acc = self.evaluate()
+        rec = history_record(self.model, kind="epoch", step=self.step, epoch=self.epoch,
+                             ce=ce_sum / seen, reg=float(self.model.regularizer().data),
+                             train_acc=correct / seen, test_acc=test_acc)
+        self.history.append(rec)
+        return rec
+
+    def _augment(self) -> bool:
+        return self.config.augment if self.config.augment is not None else (
+            self.config.dataset == "cifar10")
+
+    def _bar(self, total, desc):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+        return tqdm(total=total, desc=desc, leave=False)
+
+    def _check_finite(self, value: float, what: str) -> None:
+        if not math.isfinite(value):
+            where = (f"the last good checkpoint is {self.last_checkpoint}"
+                     if self.last_checkpoint else "no checkpoint has been written yet")
+            raise TrainingDiverged(
+                f"{what} became {value} at step {self.step + 1} (epoch {self.epoch + 1}); {where}. "
+                "Try a smaller learning rate or μ, and resume from the checkpoint.")
+
+    def _check_grads(self) -> None:
+        for g in self.optimizer.param_groups:
+            for p in g["params"]:
+                if p.grad is not None and not np.isfinite(p.grad).all():
+                    self._check_finite(float("nan"), f"a gradient in group {g.get('name')!r}")
+
+    def evaluate(self, batch_size: int = 1000) -> float:
+        """Test accuracy with the deterministic gates (spec §3.4)."""
+        self.model.eval()
+        correct = 0
+        with no_grad():
+            for i in range(0, len(self.x_test), batch_size):
+                logits = self.model(self.x_test[i:i + batch_size])
+                correct += int((logits.data.argmax(axis=1) == self.y_test[i:i + batch_size]).sum())
+        self.model.train()
+        return correct / max(len(self.x_test), 1)
+
+    # -- whole run
+    def fit(self, stop_after: int | None = None) -> dict:
+        """Train until ``total_epochs`` (or ``stop_after`` more epochs, to simulate an interruption).
+
+        After every epoch the checkpoint and history are written (when ``out_dir`` is set).
+        Returns the summary.
+        """
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.out_dir / "config.json", self.config.to_dict())
+        done = 0
+        while self.epoch < self.total_epochs and (stop_after is None or done < stop_after):
+            rec = self.train_epoch()
+            done += 1
+            if self.progress:
+                print(f"epoch {self.epoch:3d}/{self.total_epochs}: test acc {rec['test_acc']:.4f}  "
+                      f"train acc {rec['train_acc']:.4f}  CE {rec['ce']:.4f}  "
+                      f"rel. BOPs {rec['relative_bops']:.3f}%", flush=True)
+            if self.out_dir is not None:
+                self.save()
+        summary = self.summary()
+        if self.out_dir is not None and self.epoch >= self.total_epochs:
+            write_json(self.out_dir / "summary.json", summary)
+        return summary
+
+    def summary(self) -> dict:
+        r = model_readout(self.model)
+        last = next((h for h in reversed(self.history) if h["kind"] == "epoch"), None)
+        return {
+            "model": self.model.name, "dataset": self.config.dataset,
+            "epochs": self.epoch, "steps": self.step,
+            "test_accuracy": None if last is None else last["test_acc"],
+            "relative_bops": r.relative_bops,
+            "expected_relative_bops": r.expected_relative_bops,
+            "layers": r.to_dict()["layers"], "quantizers": r.to_dict()["quantizers"],
+            "config": self.config.to_dict(),
+        }
+
+    # -- checkpoints
+    def save(self, path=None) -> Path:
+        path = Path(path) if path is not None else self.out_dir / "checkpoint.npz"
+        meta = {"config": self.config.to_dict(), "epoch": self.epoch, "step": self.step,
+                "rng": {"data": rng_state(self.data_rng), "noise": rng_state(self.noise_rng)},
+                "history": self.history}
+        save_checkpoint(path, model_state=self.model.state_dict(),
+                        optim_state=self.optimizer.state_dict(), meta=meta)
+        if self.out_dir is not None and path.parent == self.out_dir:
+            write_json(self.out_dir / "history.json", self.history)
+        self.last_checkpoint = path
+        return path
+
+    @classmethod
+    def resume(cls, path, data=None, progress: bool = True, out_dir=None) -> "Trainer":
+        """Rebuild a trainer from ``checkpoint.npz`` (or a run directory) and continue."""
+        path = Path(path)
+        if path.is_dir():
+            out_dir = path if out_dir is None else out_dir
+            path = path / "checkpoint.npz"
+        model_state, optim_state, meta = load_checkpoint(path)
+        config = TrainConfig.from_dict(meta["config"])
+        trainer = cls(config, out_dir=out_dir if out_dir is not None else path.parent,
+                      data=data, progress=progress)
+        trainer.model.load_state_dict(model_state)
+        trainer.optimizer.load_state_dict(optim_state)
+        trainer.data_rng = restore_rng(meta["rng"]["data"])
+        trainer.noise_rng = restore_rng(meta["rng"]["noise"])
+        trainer.epoch, trainer.step = int(meta["epoch"]), int(meta["step"])
+        trainer.history = list(meta["history"])
+        trainer.last_checkpoint = path
+        return trainer
+
+
+def train(config: TrainConfig | None = None, out_dir=None, data=None, progress: bool = True,
+          **overrides) -> tuple[Trainer, dict]:
+    """Train a model in one call: ``trainer, summary = train(epochs=3, mu=0.1)``."""
+    config = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (
+        config or TrainConfig())
+    trainer = Trainer(config, out_dir=out_dir, data=data, progress=progress)
+    return trainer, trainer.fit()
+

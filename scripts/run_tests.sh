@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Install bbits_ref with its notebook and test extras, check every primitive's gradient, run the tests.
+#
+# Needs only Python >= 3.11 and pip.  Without an active virtualenv it creates (or reuses) .venv in
+# the repository root, so a fresh clone works with one command:
+#     bash scripts/run_tests.sh
+# Extra arguments go to pytest:
+#     bash scripts/run_tests.sh -k engine -x
+# Set PYTHON=/path/to/python3.11 to choose the interpreter that creates .venv.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+
+step() { echo; echo "==> $*"; }
+
+if [[ -z "${VIRTUAL_ENV:-}" ]]; then
+    python="${PYTHON:-python3}"
+    if [[ ! -x .venv/bin/python ]]; then
+        # Check the version first: pip's own message for a too-old Python is hard to read.
+        if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+            echo "bbits_ref needs Python >= 3.11; '$python' is $("$python" --version 2>&1)." >&2
+            echo "Install Python 3.11+ or run: PYTHON=/path/to/python3.11 bash scripts/run_tests.sh" >&2
+            exit 1
+        fi
+        step "creating virtualenv $repo_root/.venv with $("$python" --version 2>&1)"
+        "$python" -m venv .venv
+    fi
+    step "using virtualenv $repo_root/.venv"
+    # shellcheck disable=SC1091
+    source .venv/bin/activate
+else
+    step "using the active virtualenv $VIRTUAL_ENV"
+fi
+
+start=$SECONDS
+step "upgrading pip"
+python -m pip install --quiet --upgrade pip
+step "installing bbits_ref (editable) with the notebooks and test extras"
+python -m pip install --quiet -e '.[notebooks,test]'
+echo "    install took $((SECONDS - start)) s"
+
+start=$SECONDS
+step "checking the gradient of every primitive: python -m bbits_ref.gradcheck"
+python -m bbits_ref.gradcheck
+echo "    gradient check took $((SECONDS - start)) s"
+
+start=$SECONDS
+step "running the tests: python -m pytest -n 2 -q $*"
+# No `exec`: we print the time afterwards; `set -e` still passes pytest's failure on.
+python -m pytest -n 2 -q "$@"
+echo "    tests took $((SECONDS - start)) s"
