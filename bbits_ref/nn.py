@@ -118,7 +118,10 @@ class Module:
             p.grad = None
 
     def to_dtype(self, dtype) -> "Module":
-        """Cast every parameter and floating buffer in place (float64 for gradient checks)."""
+        """Cast every parameter and floating buffer in place (float64 for gradient checks).
+
+        Build optimizers after this: their state keeps the dtype the parameters had.
+        """
         dt = _check_float_dtype(dtype)
         for p in self.parameters():
             p.data = p.data.astype(dt)
@@ -278,8 +281,11 @@ class _BatchNorm(Module):
                              f"{self._ndim} dims and {self.num_features} channels on axis 1; "
                              f"got shape {x.shape}")
         if self.training:
-            mean, var = self.batch_stats(x)
             n = x.size // self.num_features
+            if n <= 1:
+                raise ValueError(f"{type(self).__name__}: training needs more than one value per "
+                                 f"channel to estimate batch statistics; got input shape {x.shape}")
+            mean, var = self.batch_stats(x)
             self.update_running_stats(mean.data.reshape(-1), var.data.reshape(-1), n)
             inv = (var + self.eps) ** -0.5
             xhat = (x - mean) * inv

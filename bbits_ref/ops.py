@@ -134,7 +134,8 @@ reshape = register("reshape", "z = reshape(x, shape);  x̄ = reshape(g, x.shape)
 transpose = register(
     "transpose", "z = transpose(x, axes);  x̄ = transpose(g, argsort(axes))",
     lambda x, *, axes=None: np.transpose(x, axes),
-    lambda g, z, s, x, *, axes=None: np.transpose(g, None if axes is None else np.argsort(axes)))
+    lambda g, z, s, x, *, axes=None: np.transpose(
+        g, None if axes is None else np.argsort([a % x.ndim for a in axes])))
 broadcast_to = register(
     "broadcast_to", "z = broadcast_to(x, shape);  x̄ = unbroadcast(g) (done by the engine)",
     lambda x, *, shape: np.broadcast_to(x, shape), lambda g, z, s, x, *, shape: g)
@@ -255,7 +256,7 @@ def _conv2d_fwd(x, w, *, stride=1, padding=0):
 
 
 def _channels_first(g):
-    """(N, C, H, W) -> contiguous (C, N·H·W), the layout both conv2d VJPs multiply with."""
+    """(N, C, H, W) -> contiguous (C, N·H·W), the layout the weight gradient multiplies with."""
     return np.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(g.shape[1], -1)
 
 
@@ -265,15 +266,18 @@ def _conv2d_dx(g, z, cols, x, w, *, stride=1, padding=0):
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
     ho, wo = g.shape[2:]
+    # Work in a (C, H, W, N) layout so that every tap adds blocks whose contiguous inner
+    # dimension is the batch, not a short image row.
     w_taps = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1, o)   # (kh·kw·C, C_out)
-    dcols = (w_taps @ _channels_first(g)).reshape(kh, kw, c, n, ho, wo)
-    dx = np.zeros((c, n, h + 2 * ph, wd + 2 * pw), dtype=g.dtype)
+    g_hwn = np.ascontiguousarray(g.transpose(1, 2, 3, 0)).reshape(o, -1)    # (C_out, Ho·Wo·N)
+    dcols = (w_taps @ g_hwn).reshape(kh, kw, c, ho, wo, n)
+    dx = np.zeros((c, h + 2 * ph, wd + 2 * pw, n), dtype=g.dtype)
     # col2im: the loop runs over the kh·kw kernel taps only; each step adds a whole
-    # (C, N, Ho, Wo) block at once.
+    # (C, Ho, Wo, N) block at once.
     for i in range(kh):
         for j in range(kw):
-            _tap(dx, i, j, sh, sw, ho, wo)[...] += dcols[i, j]
-    return dx[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)
+            dx[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :] += dcols[i, j]
+    return dx[:, ph:ph + h, pw:pw + wd, :].transpose(3, 0, 1, 2)
 
 
 def _conv2d_dw(g, z, cols, x, w, *, stride=1, padding=0):
@@ -317,10 +321,16 @@ def _max_pool_fwd(x, *, kernel_size=2, stride=None):
 def _max_pool_vjp(g, z, s, x, *, kernel_size=2, stride=None):
     kh, kw, sh, sw, ho, wo = _pool_geometry(x, kernel_size, stride, "max_pool2d")
     dx = np.zeros_like(x)
+    disjoint = sh >= kh and sw >= kw          # each input element in at most one window
     open_ = np.ones(z.shape, dtype=bool)      # windows whose maximum has not been routed yet
+    hit = np.empty(z.shape, dtype=bool)
     for i, j in _taps(kh, kw):
-        hit = (_tap(x, i, j, sh, sw, ho, wo) == z) & open_
-        _tap(dx, i, j, sh, sw, ho, wo)[...] += np.where(hit, g, 0)
+        np.equal(_tap(x, i, j, sh, sw, ho, wo), z, out=hit)
+        hit &= open_
+        if disjoint:
+            np.multiply(g, hit, out=_tap(dx, i, j, sh, sw, ho, wo))
+        else:
+            _tap(dx, i, j, sh, sw, ho, wo)[...] += g * hit
         open_ &= ~hit
     return dx
 

@@ -7,9 +7,11 @@ Modelled on ``torch.optim`` so that a run here and a PyTorch run can be compared
   ``"params"`` and its own options, and records ``"initial_lr"``;
 * ``step()`` changes ``p.data`` in place, outside the autograd graph, and skips parameters whose
   ``grad`` is ``None`` (never used in a forward pass);
-* the arithmetic is PyTorch's, operation by operation, and float32 stays float32: every
+* the arithmetic follows PyTorch's order of operations, and float32 stays float32: every
   hyper-parameter is a Python float, which NumPy casts to the array's dtype (a ``np.float64``
-  scalar would silently promote the update to float64);
+  scalar would silently promote the update to float64).  It is not bit-for-bit PyTorch on a CPU:
+  torch fuses ``a + α·b`` into one FMA and its float32 ``sqrt`` is not always correctly rounded,
+  so the two differ by about one ulp per step (``tests/test_optim.py`` measures it);
 * ``state_dict()`` is a flat ``dict[str, np.ndarray]`` that fits in a ``.npz`` checkpoint
   (no callables, no pickles).
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
@@ -199,9 +201,9 @@ class Optimizer:
         state = {k: np.asarray(v) for k, v in state.items()}
         n_saved = len({m.group(1) for k in state if (m := re.match(r"group(\d+)\.", k))})
         if n_saved != len(self.param_groups):
-            raise ValueError(f"load_state_dict: the checkpoint has {n_saved} parameter groups, this "
-                             f"optimizer {len(self.param_groups)}; build the optimizer with the "
-                             "same groups as the run that saved it")
+            raise ValueError(f"load_state_dict: the checkpoint has {n_saved} parameter groups, "
+                             f"this optimizer {len(self.param_groups)}; build the optimizer with "
+                             "the same groups as the run that saved it")
         used: set[str] = set()
 
         def take(key: str) -> np.ndarray:

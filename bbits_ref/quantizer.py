@@ -53,8 +53,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import ops
+from .cases import Case, register_case
 from .engine import Tensor, register, ste_round
-from .gradcheck import Case, register_case
 
 __all__ = ["BIT_WIDTHS", "CLIP_EPS", "CLIP_MODES", "check_bits", "init_range", "clip_range",
            "step_sizes", "decompose", "quantize_direct", "bb_quantize", "fixed_quantize",
@@ -294,8 +294,11 @@ def _g_z2(g: np.ndarray, z2: np.ndarray) -> np.ndarray:
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """Σ a·b of two flat arrays, block by block (no full-size temporary), summed in float64."""
-    return float(sum(np.sum(a[s] * b[s], dtype=np.float64) for s in _blocks(a.size)))
+    """Σ a·b of two flat arrays, block by block (no full-size temporary).
+
+    Pairwise sums within a block (as ``np.sum``), block totals added in float64.
+    """
+    return sum(float(np.sum(a[s] * b[s])) for s in _blocks(a.size))
 
 
 def _bb_vjp_x(g, x_q, saved, x, beta, z2, *gates, **static):
@@ -433,7 +436,8 @@ def bb_quantize_composite(x, beta, z2=None, z4=None, z8=None, z16=None, z32=None
 
     Same arguments and (bit-identical) forward values; autograd runs through every step, so the
     gradients are those of the straight-through chain rule (relu'(0) = 0, R' = 1).  Slow: for
-    tests and teaching.
+    tests and teaching.  Unlike the fused primitive, mixed dtypes follow the engine's promotion
+    (a float64 gate makes a float32 tensor's output float64).
     """
     x, beta, z2, gates = _prepare(x, beta, z2, (z4, z8, z16, z32), signed, clip, channel_axis)
     beta = beta if isinstance(beta, Tensor) else Tensor(_scalar(beta, x.dtype))

@@ -142,14 +142,14 @@ def history_record(model: BBNet, **scalars) -> dict:
 
 
 def _load_data(config: TrainConfig):
+    """The config's dataset (raw uint8 images), cut to ``train_limit`` / ``test_limit``."""
     from . import data
     ds = data.load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
-    xtr, ytr, xte, yte = data.prepare(ds, dtype=np.dtype(config.dtype))
-    if config.train_limit:
-        xtr, ytr = xtr[:config.train_limit], ytr[:config.train_limit]
-    if config.test_limit:
-        xte, yte = xte[:config.test_limit], yte[:config.test_limit]
-    return xtr, ytr, xte, yte
+    if config.train_limit or config.test_limit:
+        tr, te = slice(config.train_limit), slice(config.test_limit)
+        ds = data.Dataset(ds.x_train[tr], ds.y_train[tr], ds.x_test[te], ds.y_test[te],
+                          ds.name, ds.classes, ds.source)
+    return ds
 
 
 class Trainer:
@@ -160,8 +160,9 @@ class Trainer:
     config : TrainConfig
     out_dir : where ``config.json``, ``history.json``, ``summary.json``, ``checkpoint.npz`` and
         ``figures/`` go (None: keep everything in memory).
-    data : optional ``(x_train, y_train, x_test, y_test)`` already normalised (N, C, H, W)
-        float arrays; by default the config's dataset is loaded.
+    data : optional :class:`bbits_ref.data.Dataset` (raw images, normalised per batch as in
+        spec §7.3), or a tuple ``(x_train, y_train, x_test, y_test)`` of already normalised
+        (N, C, H, W) float arrays; by default the config's dataset is loaded.
     progress : show tqdm progress bars (notebook-aware).
     """
 
@@ -172,13 +173,24 @@ class Trainer:
         init_seq, data_seq, noise_seq = np.random.SeedSequence(config.seed).spawn(3)
         self.data_rng = np.random.default_rng(data_seq)
         self.noise_rng = np.random.default_rng(noise_seq)
-        self.x_train, self.y_train, self.x_test, self.y_test = (
-            _load_data(config) if data is None else data)
+        from .data import Dataset
+        data = _load_data(config) if data is None else data
+        dtype = np.dtype(config.dtype)
+        if isinstance(data, Dataset):
+            self.dataset_name = data.name
+            self.x_train, self.y_train = data.x_train, data.y_train
+            self._normalize = lambda x: data.normalize(x).astype(dtype, copy=False)
+            x_test, self.y_test = data.x_test, data.y_test
+        else:
+            self.dataset_name = config.dataset
+            self.x_train, self.y_train, x_test, self.y_test = data
+            self._normalize = lambda x: np.asarray(x, dtype=dtype)
         if len(self.x_train) < 2:
             raise ValueError("training needs at least 2 examples (ranges are initialised from 2)")
+        self.x_test = self._normalize(x_test)            # evaluated every epoch: normalise once
         self.model = build_model(config, np.random.default_rng(init_seq))
         # Official order (spec §7.3): push 2 training images, then build the optimizers.
-        self.model.initialize(self.x_train[:2], self.noise_rng)
+        self.model.initialize(self._normalize(self.x_train[:2]), self.noise_rng)
         self.optimizer = self._make_optimizer()
         self.epoch = 0            # finished epochs
         self.step = 0             # finished optimizer steps
@@ -231,21 +243,16 @@ class Trainer:
         bar = self._bar(n_batches, f"epoch {self.epoch + 1}/{self.total_epochs}")
         correct = seen = 0
         ce_sum = 0.0
+        augment = None
+        if self._augment():
+            from .data import augment_cifar as augment
         for b in range(n_batches):
             idx = order[b * c.batch_size:(b + 1) * c.batch_size]
             xb, yb = self.x_train[idx], self.y_train[idx]
-            if self._augment():
-                from .data import augment_cifar
-                xb = augment_cifar(xb, self.data_rng)
-            self.optimizer.zero_grad()
-            logits = self.model(xb, noise=self.model.sample_noise(self.noise_rng))
-            ce = ops.cross_entropy(logits, yb)
-            reg = self.model.regularizer()
-            loss = ce + mu * reg if mu else ce
-            self._check_finite(float(loss.data), "loss")
-            loss.backward()
-            self._check_grads()
-            self.optimizer.step()
+            if augment is not None:
+                xb = augment(xb, self.data_rng)       # on raw uint8 pixels, as torchvision
+            xb = self._normalize(xb)
+            logits, ce, reg, loss = self.train_step(xb, yb, mu)
             self.step += 1
             hits = int((logits.data.argmax(axis=1) == yb).sum())
             correct, seen, ce_sum = correct + hits, seen + len(yb), ce_sum + float(ce.data) * len(yb)
@@ -253,7 +260,6 @@ class Trainer:
                 self.history.append(history_record(
                     self.model, kind="step", step=self.step, epoch=self.epoch + (b + 1) / n_batches,
                     ce=float(ce.data), reg=float(reg.data), train_acc=hits / len(yb)))
-                self.model.train()
             if bar is not None:
                 bar.update(1)
                 if b % 10 == 0 or b == n_batches - 1:
@@ -269,6 +275,23 @@ class Trainer:
                              train_acc=correct / seen, test_acc=test_acc)
         self.history.append(rec)
         return rec
+
+    def train_step(self, xb: np.ndarray, yb: np.ndarray, mu: float):
+        """One optimizer step on a batch: fresh gate noise, CE + μ·R, backward, Adam.
+
+        Returns ``(logits, ce, reg, loss)`` as tensors.  Raises :class:`TrainingDiverged` on a
+        non-finite loss or gradient, before any parameter is changed.
+        """
+        self.optimizer.zero_grad()
+        logits = self.model(xb, noise=self.model.sample_noise(self.noise_rng))
+        ce = ops.cross_entropy(logits, yb)
+        reg = self.model.regularizer()
+        loss = ce + mu * reg if mu else ce
+        self._check_finite(float(loss.data), "loss")
+        loss.backward()
+        self._check_grads()
+        self.optimizer.step()
+        return logits, ce, reg, loss
 
     def _augment(self) -> bool:
         return self.config.augment if self.config.augment is not None else (

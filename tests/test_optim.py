@@ -144,7 +144,7 @@ def test_sgd_does_not_modify_the_gradient():
     np.testing.assert_array_equal(g, [1.0, 1.0])
 
 
-# --------------------------------------------------------------------------- groups, skipping, zero_grad
+# ------------------------------------------------------------------ groups, skipping, zero_grad
 
 def test_param_groups_use_their_own_lr_and_record_initial_lr():
     a, b = param([1.0]), param([1.0])
@@ -292,7 +292,8 @@ def _run(opt_factory, n_steps, start_state=None, split=None):
 
 
 @pytest.mark.parametrize("factory", [
-    lambda m: Adam([{"params": [m.weight], "name": "weights", "lr_lambda": linear_decay_last_third(6)},
+    lambda m: Adam([{"params": [m.weight], "name": "weights",
+                     "lr_lambda": linear_decay_last_third(6)},
                     {"params": [m.bias], "name": "bias", "lr": 0.03}], lr=0.01),
     lambda m: SGD([{"params": [m.weight], "lr_lambda": lambda e: 0.9 ** e},
                    {"params": [m.bias], "lr": 0.2, "nesterov": True}], lr=0.1, momentum=0.9),

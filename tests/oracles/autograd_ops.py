@@ -40,6 +40,12 @@ def clip(x, lo=None, hi=None):
     return z
 
 
+def transpose(x, axes=None):
+    """z = x with its axes permuted; negative axes are made positive first, because autograd's own
+    transpose VJP inverts the permutation with argsort(axes), which is wrong for negative axes."""
+    return anp.transpose(x, None if axes is None else tuple(a % x.ndim for a in axes))
+
+
 def matmul(a, b):
     """z[..., n, m] = Σ_k a[..., n, k]·b[..., k, m]; a 1-D operand is a row (a) or column (b)."""
     a2 = a[None, :] if a.ndim == 1 else a
@@ -130,7 +136,7 @@ ORACLES = {
     "mean": lambda x, axis=None, keepdims=False: anp.mean(x, axis=axis, keepdims=keepdims),
     "max": lambda x, axis=None, keepdims=False: anp.max(x, axis=axis, keepdims=keepdims),
     "reshape": lambda x, shape: anp.reshape(x, shape),
-    "transpose": lambda x, axes=None: anp.transpose(x, axes),
+    "transpose": transpose,
     "broadcast_to": lambda x, shape: x + anp.zeros(shape),
     "getitem": lambda x, index: x[index],
     "concatenate": lambda *xs, axis=0: anp.concatenate(xs, axis=axis),
