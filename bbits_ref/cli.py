@@ -55,7 +55,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=None, help="default 5 (the paper: 100 on MNIST)")
     g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--lr", type=float, default=1e-3, help="learning rate of all three groups")
+    g.add_argument("--lr", type=float, default=1e-3,
+                   help="learning rate of the weights (and of gates/ranges unless given)")
+    g.add_argument("--lr-gates", type=float, help="learning rate of the gate logits")
+    g.add_argument("--lr-ranges", type=float, help="learning rate of the ranges β")
     g.add_argument("--lr-schedule", default="official", choices=["official", "constant"])
     g.add_argument("--finetune-epochs", type=int, default=0,
                    help="fixed-gate fine-tuning epochs after the gated phase")
@@ -77,7 +80,8 @@ def config_from_args(args: argparse.Namespace):
 
     model = args.model or ("vgg7" if args.dataset == "cifar10" else "lenet5")
     kw = dict(dataset=args.dataset, model=model, width=args.width, batch_size=args.batch_size,
-              lr_weights=args.lr, lr_gates=args.lr, lr_ranges=args.lr,
+              lr_weights=args.lr, lr_gates=args.lr_gates or args.lr,
+              lr_ranges=args.lr_ranges or args.lr,
               lr_schedule=args.lr_schedule, gate=args.gate, gate_temperature=args.temperature,
               straight_through=args.straight_through, prior=args.prior,
               reg_type=args.reg_type, gate_preset=args.gate_preset,
@@ -114,7 +118,10 @@ def _default_out(config) -> Path:
 
 
 def cmd_train(args) -> int:
+    from ._runtime import keep_freed_memory
     from .train import Trainer
+
+    keep_freed_memory()
 
     if args.resume:
         out = Path(args.resume)
@@ -151,7 +158,10 @@ def _render_run(out: Path, history) -> list:
 
 def _train_one(payload):
     """Worker for ``sweep``: train one configuration quietly, return its summary."""
+    from ._runtime import keep_freed_memory
     from .train import Trainer, TrainConfig
+
+    keep_freed_memory()
     config_dict, out = payload
     trainer = Trainer(TrainConfig.from_dict(config_dict), out_dir=out, progress=False)
     summary = trainer.fit()
