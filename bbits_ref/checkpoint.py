@@ -66,8 +66,11 @@ def _json_default(o):
 
 
 def rng_state(rng: np.random.Generator) -> dict:
-    """The complete state of a Generator as a JSON-friendly dict."""
-    return rng.bit_generator.state
+    """The complete state of a Generator as a JSON-friendly dict (a copy).
+
+    Some bit generators (Philox, SFC64, MT19937) keep arrays in their state: they become lists.
+    """
+    return json.loads(json.dumps(rng.bit_generator.state, default=_json_default))
 
 
 def restore_rng(state: dict) -> np.random.Generator:
@@ -113,7 +116,14 @@ def load_checkpoint(path) -> tuple[dict, dict, dict]:
                               f"corrupted?): {exc}") from exc
     if "meta" not in data:
         raise CheckpointError(f"{path} has no 'meta' entry: not a bbits_ref checkpoint")
-    meta = json.loads(str(data.pop("meta")))
+    try:
+        meta = json.loads(str(data.pop("meta")))
+    except ValueError as exc:       # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path}: its 'meta' entry is not valid JSON ({exc}); the file "
+                              "is corrupted or was not written by bbits_ref") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its 'meta' entry should be a JSON object, got "
+                              f"{type(meta).__name__}; not a bbits_ref checkpoint")
     if meta.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {meta.get('version')}; "
                               f"this bbits_ref reads version {CHECKPOINT_VERSION}")

@@ -53,10 +53,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="uniform fixed-bit baseline, no gates at all, e.g. 4/4")
     g.add_argument("--full-precision", action="store_true", help="no quantizers at all")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=None, help="default 5 (the paper: 100 on MNIST)")
+    g.add_argument("--preset", choices=["quick", "official"],
+                   help="quick: 15 epochs, gate lr 1e-2 (default on mnist-small); official: the "
+                        "paper's recipe, 100 epochs, every lr 1e-3 (default otherwise)")
+    g.add_argument("--epochs", type=int, default=None, help="number of epochs (overrides the preset)")
     g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--lr", type=float, default=1e-3,
-                   help="learning rate of the weights (and of gates/ranges unless given)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="learning rate of the weights, 1e-3 (and of gates/ranges unless given)")
     g.add_argument("--lr-gates", type=float, help="learning rate of the gate logits")
     g.add_argument("--lr-ranges", type=float, help="learning rate of the ranges β")
     g.add_argument("--lr-schedule", default="official", choices=["official", "constant"])
@@ -74,14 +77,25 @@ def _bits_pair(text: str, flag: str) -> tuple[int, int]:
     return w, a
 
 
+def preset_name(args: argparse.Namespace) -> str:
+    """``--preset``, or by default "quick" on the embedded data and "official" elsewhere."""
+    return args.preset or ("quick" if args.dataset == "mnist-small" else "official")
+
+
 def config_from_args(args: argparse.Namespace):
     """A TrainConfig from parsed command-line options."""
-    from .train import TrainConfig
+    from .train import PRESETS, TrainConfig
 
     model = args.model or ("vgg7" if args.dataset == "cifar10" else "lenet5")
-    kw = dict(dataset=args.dataset, model=model, width=args.width, batch_size=args.batch_size,
-              lr_weights=args.lr, lr_gates=args.lr_gates or args.lr,
-              lr_ranges=args.lr_ranges or args.lr,
+    kw = dict(PRESETS[preset_name(args)])        # named deviations from the official recipe
+    if args.lr is not None:
+        kw.update(lr_weights=args.lr, lr_gates=args.lr, lr_ranges=args.lr)
+    # `is not None`, not truthiness: an explicit --lr-gates 0 (frozen gates) must be kept
+    if args.lr_gates is not None:
+        kw["lr_gates"] = args.lr_gates
+    if args.lr_ranges is not None:
+        kw["lr_ranges"] = args.lr_ranges
+    kw.update(dataset=args.dataset, model=model, width=args.width, batch_size=args.batch_size,
               lr_schedule=args.lr_schedule, gate=args.gate, gate_temperature=args.temperature,
               straight_through=args.straight_through, prior=args.prior,
               reg_type=args.reg_type, gate_preset=args.gate_preset,
@@ -124,8 +138,12 @@ def cmd_train(args) -> int:
     keep_freed_memory()
 
     if args.resume:
+        from .checkpoint import CheckpointError
         out = Path(args.resume)
-        trainer = Trainer.resume(out, progress=not args.no_progress)
+        try:
+            trainer = Trainer.resume(out, progress=not args.no_progress)
+        except CheckpointError as exc:
+            raise SystemExit(f"bbits-ref train --resume: {exc}")
         print(f"resuming {out} at epoch {trainer.epoch}/{trainer.total_epochs}")
     else:
         config = config_from_args(args)
@@ -136,9 +154,12 @@ def cmd_train(args) -> int:
         if args.force and out.exists():
             shutil.rmtree(out)
         trainer = Trainer(config, out_dir=out, progress=not args.no_progress)
+        preset = preset_name(args)
         print(f"training {config.model} on {config.dataset} ({len(trainer.x_train)} training / "
               f"{len(trainer.x_test)} test images) for {trainer.total_epochs} epochs, "
-              f"μ = {config.mu:g}, seed {config.seed} -> {out}")
+              f"μ = {config.mu:g}, seed {config.seed}, preset {preset} (lr: weights "
+              f"{config.lr_weights:g}, gates {config.lr_gates:g}, ranges {config.lr_ranges:g}) "
+              f"-> {out}")
     t0 = time.time()
     summary = trainer.fit()
     print()
@@ -163,7 +184,8 @@ def _train_one(payload):
 
     keep_freed_memory()
     config_dict, out = payload
-    trainer = Trainer(TrainConfig.from_dict(config_dict), out_dir=out, progress=False)
+    trainer = Trainer(TrainConfig.from_dict(config_dict), out_dir=out, progress=False,
+                      verbose=False)
     summary = trainer.fit()
     _render_run(Path(out), trainer.history)
     return summary

@@ -1,0 +1,41 @@
+"""A fast PyTorch implementation of Bayesian Bits, validated against the NumPy reference.
+
+``bbits_ref`` itself never imports torch; this subpackage is the optional fast path (and the
+worked example of a "fast implementation" that the conformance suite checks)::
+
+    pip install 'bbits_ref[torch]'
+
+Modules (same vocabulary and spec sections as the reference):
+
+* :mod:`.quantizer` — the Bayesian Bits quantizer as one ``torch.autograd.Function`` (spec §2),
+  and a straight-through rounding;
+* :mod:`.gates` — hard-concrete and Gumbel-softmax gates, test-time gates, the chain (spec §3);
+* :mod:`.prior` — the regularizer of the official code (spec §4.3);
+* :mod:`.bops` — relative BOPs (spec §5; the arithmetic of :mod:`bbits_ref.bops`);
+* :mod:`.models` — ``LeNet5`` and ``VGG7`` as ``torch.nn.Module`` s with the reference's
+  parameter names, and weight transfer in both directions (spec §6–§7);
+* :mod:`.adapter` — ``adapter``, the conformance protocol in float32 on the CPU.
+
+Everything is float32 by default, works on the device of its inputs (no ``.cuda()`` anywhere),
+and takes its randomness as uniform noise or a ``torch.Generator``.
+"""
+try:
+    import torch  # noqa: F401
+except ImportError as err:           # pragma: no cover - exercised only without torch
+    raise ImportError(
+        "bbits_ref.torch_impl needs PyTorch, which is an optional dependency of bbits_ref. "
+        "Install it with: pip install 'bbits_ref[torch]'  (the NumPy reference, bbits_ref, "
+        "works without it)") from err
+
+from .gates import (chain_gates, chain_gates_eval, deterministic_gates, gumbel_softmax_sample,
+                    hard_concrete_sample, prob_nonzero, uniform_noise)
+from .models import (BBNet, BBQuantizer, LeNet5, VGG7, from_reference, load_numpy_state,
+                     state_dict_to_numpy, to_reference)
+from .prior import bop_regularizer, independent_regularizer, regularizer
+from .quantizer import bb_quantize, round_ste
+
+__all__ = ["bb_quantize", "round_ste", "hard_concrete_sample", "gumbel_softmax_sample",
+           "prob_nonzero", "deterministic_gates", "chain_gates", "chain_gates_eval",
+           "uniform_noise", "regularizer", "bop_regularizer", "independent_regularizer",
+           "BBQuantizer", "BBNet", "LeNet5", "VGG7", "to_reference", "from_reference",
+           "state_dict_to_numpy", "load_numpy_state"]
