@@ -7,6 +7,7 @@ Subcommands::
     bbits-ref figures    render the figures of a run or a sweep directory
     bbits-ref info       the bit-width and pruning table of a checkpoint
     bbits-ref readout    the readout table of a freshly built model (no training)
+    bbits-ref conformance  export the conformance suite / check an implementation against it
     bbits-ref gradcheck  check every primitive's gradient (same as python -m bbits_ref.gradcheck)
 """
 from __future__ import annotations
@@ -139,6 +140,14 @@ def cmd_train(args) -> int:
 
     if args.resume:
         from .checkpoint import CheckpointError
+        defaults = build_parser().parse_args(["train"])
+        changed = sorted(k for k, v in vars(args).items()
+                         if k not in ("resume", "no_progress", "func", "command")
+                         and getattr(defaults, k, v) != v)
+        if changed:
+            raise SystemExit("bbits-ref train --resume continues a run with the settings saved in "
+                             "its checkpoint; drop " + ", ".join("--" + k.replace("_", "-")
+                                                                 for k in changed))
         out = Path(args.resume)
         try:
             trainer = Trainer.resume(out, progress=not args.no_progress)
@@ -331,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_readout)
+
+    from .conformance.cli import add_subcommand as add_conformance
+    add_conformance(sub)
 
     p = sub.add_parser("gradcheck", help="check every primitive's gradient")
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from . import ops
-from .checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint, write_json
+from .checkpoint import (CheckpointError, load_checkpoint, restore_rng, rng_state,
+                         save_checkpoint, write_json)
 from .engine import no_grad
 from .models import BBNet, lenet5, vgg7
 from .optim import Adam, linear_decay_last_third
@@ -399,6 +400,10 @@ class Trainer:
             out_dir = path if out_dir is None else out_dir
             path = path / "checkpoint.npz"
         model_state, optim_state, meta = load_checkpoint(path)
+        missing = [k for k in ("config", "rng", "epoch", "step", "history") if k not in meta]
+        if missing:
+            raise CheckpointError(f"{path} lacks {missing} in its metadata: it was not written "
+                                  "by Trainer.save and cannot be resumed")
         config = TrainConfig.from_dict(meta["config"])
         trainer = cls(config, out_dir=out_dir if out_dir is not None else path.parent,
                       data=data, progress=progress, verbose=verbose)

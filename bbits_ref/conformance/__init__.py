@@ -1,0 +1,52 @@
+"""Conformance suite: check a (fast) Bayesian Bits implementation against the reference.
+
+An implementation is wrapped in an *adapter*: any object with a ``name`` attribute and some of
+the methods below.  All arrays in and out are NumPy arrays (the adapter converts to its own
+framework and dtype).  A case whose method the adapter lacks, or that raises
+``NotImplementedError``, is reported as skipped, never as failed.
+
+``quantize(x, beta, z2, z4, z8, z16, z32, *, signed, grad_out) -> dict``
+    The quantizer of spec §2 in training mode (STE rounding, the official ReLU-form clip,
+    chained steps; a gate that is None or exactly 0 is off and the residuals above it are
+    skipped, so its gradient is 0).  x: any shape, axis 0 = output channels when z2 is given;
+    beta: a number; z2: (C,) or None; z4…z32: numbers or None; grad_out: cotangent of x_q.
+    Returns {"x_q", "grad_x", "grad_beta", "grad_z2", "grad_z4", "grad_z8", "grad_z16",
+    "grad_z32"}; the gradient of an absent gate is None, of a gate that is exactly 0 it is 0.
+``hard_concrete(logits, u, *, grad_out) -> {"z", "grad_logits"}``
+    Sample of spec §3.2 from the given uniform noise u (same shape as the logits).
+``gumbel_softmax(logits, u, *, temperature, straight_through, grad_out) -> {"z", "grad_logits"}``
+    Spec §3.7.
+``prob_nonzero(logits, *, gate) -> array``
+    gate "hard_concrete" (π(φ) = sigmoid(φ + 1.598597), §3.3) or "gumbel_softmax" (sigmoid).
+``deterministic_gates(logits, *, gate) -> array``
+    Test-time 0/1 gates: hard concrete 1[P(z = 0) < 0.34] (§3.4), Gumbel 1[φ > 0] (§3.7).
+``chain_gates_eval(chain_logits, *, hard_cut) -> array``
+    (4,) test-time (z4, z8, z16, z32), hard concrete, with the φ ≤ −2 hard cut (§3.5).
+``regularizer(prune_logits, chain_logits, mac_weight, *, prior, reg_type) -> dict``
+    R_t of spec §4.3 (prior "autoregressive") or the "independent" ablation, reg_type "bop" or
+    "const"; prune_logits (C,) or None.  Returns {"value", "grad_prune_logits" (or None),
+    "grad_chain_logits"}.
+``relative_bops(model, width, gates) -> float``
+    Deterministic relative BOPs in percent (§5); model "lenet5" or "vgg7"; gates maps every
+    quantizer name ("conv1.weight_quantizer", "conv1.act_quantizer", …) to {"chain": (4,) 0/1,
+    "z2": (C,) 0/1 (weights with pruning only)}.
+``lenet5_step(params, x, y, noise, *, mu) -> {"logits", "loss", "grads": {name: array}}``
+    One training forward and backward of LeNet-5 (§7.1): mean cross-entropy + μ·Σ_t R_t
+    (autoregressive, bop), hard cut on; params and noise named as in
+    ``bbits_ref.models.lenet5().state_dict()`` and ``BBNet.sample_noise``.
+
+Typical use::
+
+    python -m bbits_ref.conformance export /tmp/bb-suite
+    python -m bbits_ref.conformance check /tmp/bb-suite --impl my_package.adapter:adapter
+
+Modules: :mod:`~.suite` (the cases, export, load), :mod:`~.checker` (check and the report),
+:mod:`~.reference` (the reference adapter), :mod:`~.official` (the official code),
+:mod:`~.mutants` (wrong adapters the suite catches), :mod:`~.cli`.
+Notebook: ``notebooks/09_conformance.ipynb``.
+"""
+from .checker import Report, check, load_adapter
+from .suite import METHODS, SCHEMA_VERSION, SUITE_VERSION, Suite, SuiteError, build_cases, export, load
+
+__all__ = ["SUITE_VERSION", "SCHEMA_VERSION", "METHODS", "Suite", "SuiteError", "Report",
+           "build_cases", "export", "load", "check", "load_adapter"]
