@@ -18,6 +18,8 @@ The official code only reports this deterministic count (gates from the test-tim
 
 This module is plain NumPy arithmetic: nothing here needs gradients (the differentiable proxy is the
 regularizer in :mod:`bbits_ref.prior`, spec §4.3).
+
+Notebook: ``notebooks/05_bops.ipynb``.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ the logits without any gradient rule of its own.
 Randomness is explicit: ``sample`` takes the uniform noise ``u`` (draw it with
 :func:`uniform_noise`), so two implementations fed the same ``u`` must give the same ``z``.
 
-Notebook: ``notebooks/03_gates_and_prior.ipynb``.
+Notebook: ``notebooks/03_gates.ipynb``.
 """
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ groups of the official recipe (weights, gate logits, ranges).  Notebooks:
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .engine import Tensor, as_tensor, no_grad
@@ -129,6 +131,7 @@ class BBNet(Module):
         for name, q in self.quantizers():
             key = f"{name}.beta"
             if q.beta is None and key in state:
+                q.dtype = getattr(self, name.split(".")[0]).weight.dtype   # the model's dtype
                 q.beta = Parameter(np.asarray(state[key], dtype=q.dtype))
         super().load_state_dict(state, strict)
 
@@ -207,7 +210,8 @@ def vgg7(width: float = 1.0, config: BBConfig | None = None, *, rng=0,
     every hidden channel count and the fc1 width (``max(1, round(c·width))``) for runs that
     must fit a laptop; the MAC table then matches :func:`bbits_ref.bops.vgg7_layer_macs`.
     """
-    if not (isinstance(width, (int, float)) and width > 0 and np.isfinite(width)):
+    if (isinstance(width, bool) or not isinstance(width, numbers.Real) or not np.isfinite(width)
+            or width <= 0):
         raise ValueError(f"width must be a positive number (1.0 = the paper's VGG-7); got {width!r}")
     cfg = _config(config, "cifar10")
     rng = as_generator(rng)

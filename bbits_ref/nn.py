@@ -4,7 +4,8 @@ Modelled on PyTorch's ``torch.nn`` so that weights transfer both ways by name an
 ``Linear`` weights are (out, in), ``Conv2d`` weights (C_out, C_in, kh, kw), state dicts are plain
 ``dict[str, np.ndarray]`` with dotted names (``"0.weight"``, ``"features.3.bias"``).
 Initialisation follows PyTorch's defaults (uniform ±1/sqrt(fan_in) for weights and biases) and
-draws from an explicit ``numpy.random.Generator``.  Notebook: ``notebooks/01_autograd_engine.ipynb``.
+draws from an explicit ``numpy.random.Generator``.  Notebooks: ``01_autograd_engine`` (the engine
+underneath) and ``06_lenet5_mnist`` (the layers in use).
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ Modelled on ``torch.optim`` so that a run here and a PyTorch run can be compared
   (no callables, no pickles).
 
 A per-group ``"lr_lambda"`` (epoch -> factor) is PyTorch's ``LambdaLR``: :meth:`Optimizer.schedule`
-sets ``lr = initial_lr * lr_lambda(epoch)``.  Notebook: ``notebooks/01_autograd_engine.ipynb``.
+sets ``lr = initial_lr * lr_lambda(epoch)``.  Notebook: ``notebooks/06_lenet5_mnist.ipynb``.
 """
 from __future__ import annotations
 

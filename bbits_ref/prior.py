@@ -13,7 +13,7 @@ the prior *autoregressive*; :func:`independent_regularizer` drops it, for the ab
 The functions take gate probabilities (``gate.prob_nonzero(logits)``, see :mod:`bbits_ref.gates`),
 written with engine ops, so the gradient reaches the gate logits.
 
-Notebook: ``notebooks/03_gates_and_prior.ipynb``.
+Notebook: ``notebooks/04_prior.ipynb``.
 """
 from __future__ import annotations
 

@@ -181,11 +181,14 @@ class BBQuantizer(Module):
     # -- range
     def initialize_range(self, x: np.ndarray) -> None:
         """β ← max(max(x), 0) and signed ← min(x) < 0, from the first tensor seen (spec §2.1)."""
-        beta, signed = init_range(np.asarray(x))
+        x = np.asarray(x)
+        beta, signed = init_range(x)
         if not beta > 0:
             raise ValueError(f"{self.kind} quantizer: the first tensor it saw has max {beta}, so "
                              "its range β would be 0. Initialise with data that has positive "
                              "values (e.g. two training images).")
+        if x.dtype.kind == "f":     # β follows the tensor it quantizes (e.g. after to_dtype())
+            self.dtype = x.dtype
         self.beta = Parameter(np.array(beta, dtype=self.dtype))
         self.signed_flag = np.array(int(signed), dtype=np.int8)
 

@@ -44,7 +44,7 @@ A gate whose value is exactly 0 switches its residual and every higher one off. 
 official code, they are then not computed at all, so the gradient with respect to that gate
 value is 0 rather than e_b + … (spec §2.5; forward values are identical either way).
 
-Notebook: ``notebooks/02_quantizer.ipynb``.
+Notebook: ``notebooks/02_quantization_decomposition.ipynb``.
 """
 from __future__ import annotations
 

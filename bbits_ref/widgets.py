@@ -34,8 +34,13 @@ import math
 import os
 from pathlib import Path
 
-import ipywidgets as widgets
 import numpy as np
+
+try:
+    import ipywidgets as widgets
+except ImportError as exc:       # an optional dependency: say how to get it
+    raise ImportError("bbits_ref.widgets needs ipywidgets (the notebooks' sliders); install it "
+                      "with: pip install 'bbits-ref[notebooks]' (or pip install ipywidgets)") from exc
 
 from . import bops, gates, gradcheck, prior, quantizer
 from .engine import PRIMITIVES, Tensor, default_dtype, no_grad
@@ -113,7 +118,7 @@ class Explorer:
         self._sync_controls()
         try:
             self.update()
-        except Exception as exc:   # show it next to the sliders: a callback's traceback is invisible
+        except Exception as exc:   # shown next to the sliders: a callback's traceback is hidden
             self.error = f"{type(exc).__name__}: {exc}"
             self.output.value = (f"<span style='color:#b00'>{html.escape(self.error)}</span>")
 
@@ -172,8 +177,7 @@ class AutogradExplorer(Explorer):
     state: ``{"primitive", "math", "ok", "max_abs_err", "max_rel_err", "method", "seed"}``.
     """
 
-    def __init__(self, primitive: str = "mul", method: str = "fd", seed: int = 0,
-                 plot: bool = False) -> None:
+    def __init__(self, primitive: str = "mul", method: str = "fd", seed: int = 0) -> None:
         if primitive not in PRIMITIVES:
             raise ValueError(f"unknown primitive {primitive!r}; choose one of {sorted(PRIMITIVES)}")
         if method not in ("fd", "projection"):
@@ -296,12 +300,13 @@ class QuantizerExplorer(Explorer):
         z4, z8, _, _ = self.gate_values()
         bits = self.controls["bits"].value if mode == "bits" else None
         steps = quantizer.step_sizes(np.float64(beta), signed)
+        step = None if bits is None else float(steps[quantizer.BIT_WIDTHS.index(bits)])
         x = self.sweep()
         x_q = self.quantize(x)
         error = x_q - x
         state = {"beta": beta, "signed": signed, "mode": mode, "bits": bits, "z4": z4, "z8": z8,
                  "step_sizes": {b: float(s) for b, s in zip(quantizer.BIT_WIDTHS, steps)},
-                 "step_size": None if bits is None else float(steps[quantizer.BIT_WIDTHS.index(bits)]),
+                 "step_size": step,
                  # distinct values, to 1e-10·β so that sums of residuals that differ only in
                  # the last bits count as one level
                  "levels": int(np.unique(np.round(x_q / beta, 10)).size),
@@ -348,7 +353,7 @@ class QuantizerExplorer(Explorer):
 # =========================================================================== 03: gates
 
 class GateExplorer(Explorer):
-    """Notebook 03: one stochastic gate z(φ) — hard concrete (spec §3.2–3.5) or Gumbel-softmax (§3.7).
+    """Notebook 03: one gate z(φ), hard concrete (spec §3.2–3.5) or Gumbel-softmax (§3.7).
 
     Controls: ``kind``, ``logit`` (φ), ``temperature``, ``gamma`` and ``zeta`` (the stretch,
     hard concrete only), ``threshold`` (test-time threshold t on P(z = 0), hard concrete only),
@@ -430,7 +435,8 @@ class GateExplorer(Explorer):
         z = self.samples()
         hard = isinstance(gate, gates.HardConcrete)
         # the official visit of the chain (spec §3.5): a first gate that comes back as None is cut
-        cut = gates.chain_gates(gate, np.array([phi, 6.0, 6.0, 6.0]), None, training=False)[0] is None
+        chain = gates.chain_gates(gate, np.array([phi, 6.0, 6.0, 6.0]), None, training=False)
+        cut = chain[0] is None
         return {
             "kind": self.controls["kind"].value, "logit": float(phi),
             "temperature": gate.temperature,

@@ -1,4 +1,4 @@
-"""Tests for bbits_ref.models: LeNet-5 and VGG-7 with Bayesian Bits quantizers (spec §4.4, §6, §7).
+"""Tests for bbits_ref.models: LeNet-5 and VGG-7 with Bayesian Bits quantizers (spec §4.4, §6–§7).
 
 Structure and counts (§7.1), lazy range init (§2.1), MAC tables and BOP weights (§4.4, §5.1),
 noise feeding (§3.2), a whole-network gradient check, gates inside the model (§3.4, §3.5, §6),
@@ -319,7 +319,7 @@ def test_lenet5_gradients_pass_the_projection_check(gradcheck_model, group):
 
 
 def test_gradient_check_catches_a_wrong_range_gradient(gradcheck_model, monkeypatch):
-    """Negative control: the same check fails when ∂/∂β of every quantizer is 1.5× too large."""
+    """Negative control: the check fails when ∂/∂β of every quantizer is 1.5× too large."""
     original = qnn.bb_quantize
 
     def wrong_beta_rule(x, beta, *gates, **kw):
@@ -433,18 +433,22 @@ def test_hard_cut_removes_the_data_gradient_but_not_the_regularizer_gradient(len
     old = q.gate_logits.data.copy()
     x = mnist_like(np.random.default_rng(10), 2)
     y = np.array([1, 7])
+    noise = model.sample_noise(np.random.default_rng(0))
+    noise["conv2.act_quantizer"]["chain"][:] = 0.8    # fractional z4 (φ4 = 0), z8 (φ8 ≈ −2)
     try:
         for phi8, cut in ((-2.0, True), (-1.999, False)):
-            q.gate_logits.data[:2] = [2.0, phi8]
-            q.noise = {"chain": np.full(4, 0.5)}
+            q.gate_logits.data[:2] = [0.0, phi8]
+            q.noise = noise["conv2.act_quantizer"]
             z = q.gate_values()
             q.noise = None
             assert (z[2] is None) is cut and (z[3] is None) and (z[4] is None)
+            if not cut:
+                assert 0 < float(z[2].data) < 1
             q.gate_logits.grad = None
-            ops.cross_entropy(model(x, rng=np.random.default_rng(0)), y).backward()
+            ops.cross_entropy(model(x, noise=noise), y).backward()
             data_grad = q.gate_logits.grad.copy()
             assert data_grad[0] != 0
-            assert (data_grad[1] == 0) is cut
+            assert bool(data_grad[1] == 0) is cut
             q.gate_logits.grad = None
             q.regularizer().backward()
             assert q.gate_logits.grad[1] > 0                  # R still pushes φ8 down
@@ -559,7 +563,7 @@ def test_independent_prior_config_uses_the_independent_regularizer():
         assert float(want.data) != pytest.approx(float(other.data), rel=1e-3)
 
 
-# --------------------------------------------------------------------------- parameter groups (§7.3)
+# --------------------------------------------------------------------------- parameter groups
 
 @pytest.mark.parametrize("build", [lambda: lenet5(), lambda: vgg7(0.0625)], ids=["lenet5", "vgg7"])
 def test_parameter_groups(build):
@@ -610,23 +614,24 @@ def test_bad_input_gives_clear_errors():
         lenet5({"pruning": False})
     with pytest.raises(TypeError, match="config must be a BBConfig"):
         vgg7(0.25, config="cifar10")
-    for width in (0, -1.0, float("nan"), "wide"):
+    for width in (0, -1.0, float("nan"), "wide", True):
         with pytest.raises(ValueError, match="width must be a positive number"):
             vgg7(width)
+    assert vgg7(np.float32(0.25)).layer_macs() == bops.vgg7_layer_macs(0.25)
     with pytest.raises(ValueError, match="prior must be one of"):
         BBConfig(prior="laplace")
 
 
 def test_activation_quantizer_without_positive_values_is_an_error():
     model = lenet5()
+    model.conv1.bias.data[:] = -100.0                         # every conv1 output is ReLU'd to 0
     with pytest.raises(ValueError, match="range β would be 0"):
-        model.initialize(-np.ones((2, 1, 28, 28), dtype=np.float32) * 100,
-                         np.random.default_rng(0))
+        model.initialize(mnist_like(np.random.default_rng(0), 2), np.random.default_rng(0))
 
 
 # --------------------------------------------------------------------------- state dict
 
-def _train_a_bit(model, shape, steps=2, seed=0):
+def _train_a_bit(model, shape, steps=1, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.random((4,) + shape).astype(np.float32)
     y = rng.integers(0, 10, size=4)
@@ -637,7 +642,7 @@ def _train_a_bit(model, shape, steps=2, seed=0):
         loss.backward()
         for p in model.parameters():
             if p.grad is not None:
-                p.data = (p.data - 0.5 * p.grad).astype(p.dtype)
+                p.data = (p.data - 0.01 * np.sign(p.grad)).astype(p.dtype)   # signSGD step
     return x
 
 
@@ -659,6 +664,20 @@ def test_state_dict_round_trip_creates_the_lazy_ranges(build):
         np.testing.assert_array_equal(v, state[k])
     with pytest.raises(KeyError, match="missing keys"):
         build(2).load_state_dict({k: v for k, v in state.items() if not k.endswith("fc2.bias")})
+
+
+def test_ranges_follow_a_model_cast_to_float64():
+    model = lenet5().to_dtype(np.float64)
+    x = np.random.default_rng(0).random((2, 1, 28, 28))
+    model.initialize(x, np.random.default_rng(0))
+    assert all(q.beta.dtype == np.float64 for _, q in model.quantizers())
+    assert float(model.conv1.weight_quantizer.beta.data) == model.conv1.weight.data.max()
+    fresh = lenet5().to_dtype(np.float64)
+    fresh.load_state_dict(model.state_dict())
+    assert all(q.beta.dtype == np.float64 for _, q in fresh.quantizers())
+    model.eval()
+    fresh.eval()
+    np.testing.assert_array_equal(fresh(x).data, model(x).data)
 
 
 def test_bbnet_is_exported():

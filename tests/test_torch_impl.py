@@ -40,6 +40,15 @@ TORCH = {np.float32: torch.float32, np.float64: torch.float64}
 GATE_NAMES = ("z4", "z8", "z16", "z32")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small tensors: one thread is faster, and steadier when the test runner shares the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------- helpers
 
 def ref_quantize(x, beta, z2, gates, g, *, signed, clip="official", dtype=np.float64):

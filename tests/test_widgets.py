@@ -173,7 +173,8 @@ def test_gate_explorer_closed_forms_and_samples_match_the_library():
         assert s["prob_nonzero"] == pytest.approx(pi_spec, abs=6e-5)        # spec §3.3
         assert s["prob_nonzero"] == HC.prob_nonzero(np.float64(phi)).item()
         assert s["prob_one"] == HC.prob_one(np.float64(phi)).item()
-        z = HC.sample(np.full(4000, phi), gates.uniform_noise(np.random.default_rng(3), (4000,))).data
+        u = gates.uniform_noise(np.random.default_rng(3), (4000,))
+        z = HC.sample(np.full(4000, phi), u).data
         assert s["mc_prob_nonzero"] == np.mean(z != 0)
         assert s["mc_prob_one"] == np.mean(z == 1)
         assert s["sample_mean"] == pytest.approx(np.mean(z), rel=1e-12)
@@ -192,12 +193,9 @@ def test_gate_explorer_threshold_deterministic_gate_and_hard_cut():
     g.controls["logit"].value = -2.0                                              # spec §3.5
     assert g.state["hard_cut"]
     g.controls["threshold"].value = 0.5
-    assert g.state["threshold_logit"] == HardConcrete_threshold(0.5)
-    assert g.state["deterministic"] == float(gates.HardConcrete(threshold=0.5).deterministic(-2.0))
-
-
-def HardConcrete_threshold(t):
-    return gates.HardConcrete(threshold=t).threshold_logit()
+    ref = gates.HardConcrete(threshold=0.5)
+    assert g.state["threshold_logit"] == ref.threshold_logit()
+    assert g.state["deterministic"] == float(ref.deterministic(np.float64(-2.0)))
 
 
 def test_gate_explorer_temperature_and_stretch_reach_the_gate():

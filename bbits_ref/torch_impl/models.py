@@ -456,8 +456,9 @@ class BBNet(nn.Module):
     def forward(self, x, noise: dict | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """Logits for a batch (N, *input_shape); training mode samples the gates (spec §3.2)."""
-        if not isinstance(x, torch.Tensor):
-            x = torch.as_tensor(np.asarray(x))
+        if not isinstance(x, torch.Tensor):         # a NumPy batch takes the model's dtype
+            p = next(self.parameters())
+            x = torch.as_tensor(np.asarray(x), dtype=p.dtype, device=p.device)
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"{self.arch} expects inputs of shape (N, "
                              f"{', '.join(map(str, self.input_shape))}); got {tuple(x.shape)}")

@@ -167,7 +167,7 @@ class _BBQuantize(torch.autograd.Function):
         flat = gz.reshape(-1)
         grad_x = grad_beta = grad_z2 = None
         if need[0]:
-            grad_x = torch.where(inside, gz, 0)
+            grad_x = gz * inside                            # as np.multiply(g, inside)
         if need[1]:
             total = torch.dot(flat, range_slope.reshape(-1))
             grad_beta = (total / beta.detach()).to(beta.dtype).expand(beta.shape).clone()
