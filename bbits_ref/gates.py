@@ -134,6 +134,22 @@ class Gate:
     def threshold_logit(self) -> float:
         raise NotImplementedError
 
+    @property
+    def hard_cut_logit(self) -> float:
+        """Logit at or below which the hard cut switches a chain gate off (spec §3.5).
+
+        The official code cuts hard-concrete gates at φ ≤ −2, where P(z ≠ 0) = 0.401.  A gate
+        whose on-probability is sigmoid(φ) (Gumbel-softmax) is cut at the logit with that same
+        probability, −0.401403, so the rule means the same thing for both.
+        """
+        return _HC_OFFSET_FREE_CUT
+
+
+
+
+# sigmoid(this) = π_HC(−2): the hard cut expressed on the P(on) = sigmoid(φ) scale.
+_HC_OFFSET_FREE_CUT = HARD_CUT_LOGIT - HC_TEMPERATURE * math.log(-HC_GAMMA / HC_ZETA)
+
 
 class HardConcrete(Gate):
     """Hard-concrete gate of the L0 paper, as in the official code (spec §3.2–3.4).
@@ -152,6 +168,7 @@ class HardConcrete(Gate):
 
     name = "hard_concrete"
     init_logit = 6.0
+    hard_cut_logit = HARD_CUT_LOGIT      # the official φ ≤ −2 (spec §3.5)
 
     def __init__(self, temperature: float = HC_TEMPERATURE, gamma: float = HC_GAMMA,
                  zeta: float = HC_ZETA, threshold: float = HC_THRESHOLD) -> None:
@@ -304,7 +321,8 @@ def chain_gates(gate: Gate, chain_logits, u, *, training: bool, hard_cut: bool =
     chain_logits : Tensor of shape (4,): (φ4, φ8, φ16, φ32).
     u : uniform noise of shape (4,) when training; ignored (may be None) in eval.
     training : sample (True) or take the deterministic test-time gates (False).
-    hard_cut : the code's rule: if φ_b ≤ −2, z_b and every higher gate are the constant 0.
+    hard_cut : the code's rule: if φ_b ≤ ``gate.hard_cut_logit`` (−2 for hard concrete), z_b and
+        every higher gate are the constant 0.
 
     Returns
     -------
@@ -330,7 +348,7 @@ def chain_gates(gate: Gate, chain_logits, u, *, training: bool, hard_cut: bool =
     # A loop over the four gates of the chain: each one depends on whether the previous was cut.
     for i in range(len(CHAIN_BITS)):
         phi = chain_logits.data[i]
-        if hard_cut and phi <= HARD_CUT_LOGIT:
+        if hard_cut and phi <= gate.hard_cut_logit:
             break
         if training:
             gates[i] = gate.sample(chain_logits[i], u[i])

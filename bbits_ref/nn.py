@@ -131,6 +131,8 @@ class Module:
             for k, v in m.__dict__.get("_buffers", {}).items():
                 if v.dtype.kind == "f":
                     m._buffers[k] = v.astype(dt)
+            if isinstance(m.__dict__.get("dtype"), np.dtype):   # e.g. lazily created ranges
+                m.dtype = dt
         return self
 
     # -- state

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import bops
-from .gates import HARD_CUT_LOGIT
 from .qnn import BBQuantizer
 
 __all__ = ["BIT_CHOICES", "QuantizerReadout", "ModelReadout", "quantizer_readout",
@@ -33,7 +32,7 @@ def effective_chain_probs(q: BBQuantizer) -> np.ndarray:
     """q(z_b ≠ 0 | z_{b/2} = 1) for b = 4…32, with hard-cut gates (and all above them) at 0."""
     probs = np.asarray(q.chain_probs().data, dtype=np.float64).copy()
     if q.gate_logits is not None and q.config.hard_cut:
-        cut = np.asarray(q.gate_logits.data) <= HARD_CUT_LOGIT
+        cut = np.asarray(q.gate_logits.data) <= q.gate.hard_cut_logit
         if cut.any():
             probs[int(np.argmax(cut)):] = 0.0
     return probs

@@ -36,8 +36,12 @@ BATCH = 128
 CONV_INPUT, CONV_WEIGHT = (BATCH, 32, 12, 12), (64, 32, 5, 5)
 
 
-def median_ms(step, repeats: int, warmup: int) -> float:
-    """Median wall time of ``step()`` in milliseconds, after ``warmup`` unmeasured calls."""
+def time_ms(step, repeats: int, warmup: int) -> tuple[float, float]:
+    """(median, minimum) wall time of ``step()`` in ms, after ``warmup`` unmeasured calls.
+
+    The median is the figure we report; the minimum is less disturbed by other work on a busy
+    machine (interference only ever adds time), so a large gap between the two flags a noisy run.
+    """
     for _ in range(warmup):
         step()
     times = []
@@ -45,7 +49,13 @@ def median_ms(step, repeats: int, warmup: int) -> float:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return round(1e3 * statistics.median(times), 3)
+    return round(1e3 * statistics.median(times), 3), round(1e3 * min(times), 3)
+
+
+def time_all(steps: dict, repeats: int, warmup: int) -> tuple[dict, dict]:
+    """Time each named step: ({name: median ms}, {name: min ms})."""
+    timed = {name: time_ms(step, repeats, warmup) for name, step in steps.items()}
+    return ({k: v[0] for k, v in timed.items()}, {k: v[1] for k, v in timed.items()})
 
 
 def blas_info() -> dict:
@@ -166,10 +176,10 @@ def run(repeats: int = 20, warmup: int = 3, seed: int = 0, use_torch: bool = Tru
     with no_grad():
         numpy_initial_loss = float(ops.cross_entropy(model(Tensor(images)), labels).item())
 
-    numpy_ms = {
-        "conv2d_fwd_bwd": median_ms(numpy_conv_step(x, w, g), repeats, warmup),
-        "lenet5_train_step": median_ms(numpy_lenet_step(model, images, labels), repeats, warmup),
-    }
+    numpy_ms, numpy_min_ms = time_all({
+        "conv2d_fwd_bwd": numpy_conv_step(x, w, g),
+        "lenet5_train_step": numpy_lenet_step(model, images, labels),
+    }, repeats, warmup)
     result = {
         "config": {"repeats": repeats, "warmup": warmup, "seed": seed, "batch": BATCH,
                    "dtype": "float32", "conv_input": "x".join(map(str, CONV_INPUT)),
@@ -179,6 +189,7 @@ def run(repeats: int = 20, warmup: int = 3, seed: int = 0, use_torch: bool = Tru
                         # other work on the machine slows every figure: check this before comparing
                         "load_average_1min": round(os.getloadavg()[0], 2), "blas": blas},
         "numpy_ms": numpy_ms, "torch_ms": None, "numpy_over_torch": None,
+        "numpy_min_ms": numpy_min_ms, "torch_min_ms": None,
     }
 
     torch = None
@@ -196,13 +207,12 @@ def run(repeats: int = 20, warmup: int = 3, seed: int = 0, use_torch: bool = Tru
         with torch.no_grad():
             initial["torch"] = float(torch.nn.functional.cross_entropy(
                 tmodel(torch.from_numpy(images)), torch.from_numpy(labels)))
-        torch_ms = {
-            "conv2d_fwd_bwd": median_ms(torch_conv_step(torch, x, w, g), repeats, warmup),
-            "lenet5_train_step": median_ms(torch_lenet_step(torch, tmodel, images, labels),
-                                           repeats, warmup),
-        }
+        torch_ms, torch_min_ms = time_all({
+            "conv2d_fwd_bwd": torch_conv_step(torch, x, w, g),
+            "lenet5_train_step": torch_lenet_step(torch, tmodel, images, labels),
+        }, repeats, warmup)
         result["environment"].update(torch=torch.__version__, torch_threads=threads)
-        result["torch_ms"] = torch_ms
+        result["torch_ms"], result["torch_min_ms"] = torch_ms, torch_min_ms
         result["numpy_over_torch"] = {k: round(numpy_ms[k] / torch_ms[k], 2) for k in numpy_ms}
         result["lenet5_initial_loss"] = initial
     return result

@@ -1,4 +1,4 @@
-"""Benchmark one Bayesian Bits LeNet-5 training step: the NumPy reference against bbits_ref.torch_impl.
+"""Benchmark a Bayesian Bits LeNet-5 training step: the NumPy reference against torch_impl.
 
     python benchmarks/torch_vs_reference.py                 # median of 20 steps after 3 warm-ups
     python benchmarks/torch_vs_reference.py --threads 1     # both sides on one thread
@@ -94,7 +94,8 @@ def initial_losses(trainer, model, xb, yb) -> dict:
     from bbits_ref.engine import no_grad
     noise = trainer.model.sample_noise(np.random.default_rng(123))
     with no_grad():
-        ref = ops.cross_entropy(trainer.model(xb, noise=noise), yb) + MU * trainer.model.regularizer()
+        ref = (ops.cross_entropy(trainer.model(xb, noise=noise), yb)
+               + MU * trainer.model.regularizer())
     with torch.no_grad():
         t = F.cross_entropy(model(torch.as_tensor(xb), noise=noise), torch.as_tensor(yb)) \
             + MU * model.regularizer()

@@ -68,8 +68,10 @@ def test_overrides_build_valid_configs():
         s = course.settings(small=mode, environ={})
         for run in (s.tour, s.lenet5, s.vgg7, s.sweep):
             cfg = TrainConfig(**run.overrides())
-            assert (cfg.epochs, cfg.train_limit, cfg.test_limit) == (
-                run.epochs, run.train_limit, run.test_limit)
+            assert (cfg.epochs, cfg.train_limit, cfg.test_limit, cfg.batch_size) == (
+                run.epochs, run.train_limit, run.test_limit, run.batch_size)
+            # at least two batches' worth of data, and batch norm needs > 1 example per batch
+            assert run.batch_size > 1 and (run.train_limit or 10**9) >= run.batch_size
 
 
 def test_cache_dir_from_environment(tmp_path):

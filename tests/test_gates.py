@@ -218,11 +218,25 @@ def test_chain_eval_is_deterministic_and_stops_after_the_first_zero():
 
 def test_chain_with_gumbel_softmax_gates():
     gs = GumbelSoftmax(straight_through=True)
-    logits = np.array([3.0, -0.5, 0.5, -1.5])
+    logits = np.array([3.0, -0.3, 0.5, -0.3])
     assert chain_gates(gs, logits, None, training=False) == [1.0, 0.0, None, None]
-    gates = chain_gates(gs, logits, np.array([0.5, 0.9, 0.5, 0.5]), training=True)
-    assert [g.item() for g in gates] == [1.0, 1.0, 1.0, 0.0]   # −0.5 + logit(0.9) > 0
+    gates = chain_gates(gs, logits, np.array([0.5, 0.9, 0.5, 0.1]), training=True)
+    assert [g.item() for g in gates] == [1.0, 1.0, 1.0, 0.0]   # −0.3 + logit(0.9) > 0
     assert chain_gates(gs, np.array([3.0, -2.0, 3.0, 3.0]), None, training=False)[1:] == [None] * 3
+
+
+def test_gumbel_softmax_hard_cut_sits_at_the_same_on_probability_as_the_official_one():
+    # The official cut φ ≤ −2 on hard-concrete gates is P(z ≠ 0) ≤ 0.401; a Gumbel-softmax gate
+    # (P(z = 1) = sigmoid(φ)) is cut at the logit with that probability.
+    gs = GumbelSoftmax()
+    cut = gs.hard_cut_logit
+    np.testing.assert_allclose(1 / (1 + np.exp(-cut)), HC.prob_nonzero(np.float64(-2.0)).data,
+                               rtol=1e-12)
+    u = np.full(4, 0.5)
+    assert chain_gates(gs, np.array([3.0, cut, 3.0, 3.0]), u, training=True)[1:] == [None] * 3
+    below = chain_gates(gs, np.array([3.0, cut + 1e-6, 3.0, 3.0]), u, training=True)
+    assert all(g is not None for g in below)
+    assert HC.hard_cut_logit == -2.0
 
 
 # --------------------------------------------------------------------------- inputs

@@ -21,7 +21,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import bbits_ref.torch_impl as ti  # noqa: E402
-from bbits_ref import bops as ref_bops  # noqa: E402
 from bbits_ref import gates as ref_gates  # noqa: E402
 from bbits_ref import models as ref_models  # noqa: E402
 from bbits_ref import ops, prior as ref_prior  # noqa: E402
@@ -33,7 +32,8 @@ from bbits_ref.torch_impl import bops as t_bops  # noqa: E402
 from bbits_ref.torch_impl import gates as t_gates  # noqa: E402
 from bbits_ref.torch_impl import prior as t_prior  # noqa: E402
 from bbits_ref.torch_impl.adapter import adapter as torch_adapter  # noqa: E402
-from bbits_ref.torch_impl.quantizer import _CPU_BLOCK, bb_quantize, fixed_quantize, round_ste  # noqa: E402
+from bbits_ref.torch_impl.quantizer import (_CPU_BLOCK, bb_quantize, fixed_quantize,  # noqa: E402
+                                            round_ste)
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH = {np.float32: torch.float32, np.float64: torch.float64}
@@ -256,7 +256,8 @@ def test_channel_axis_and_scalar_z2():
     (lambda x: bb_quantize(x, 0.0, signed=True), ValueError, "beta"),
     (lambda x: bb_quantize(x, torch.ones(2), signed=True), ValueError, "scalar"),
     (lambda x: bb_quantize(x, 1.0, None, 1.5, signed=True), ValueError, r"z4 must lie in \[0, 1\]"),
-    (lambda x: bb_quantize(x, 1.0, None, torch.ones(2), signed=True), ValueError, "z4 must be a scalar"),
+    (lambda x: bb_quantize(x, 1.0, None, torch.ones(2), signed=True), ValueError,
+     "z4 must be a scalar"),
     (lambda x: bb_quantize(x, 1.0, torch.ones(3), signed=True), ValueError, r"shape \(4,\)"),
     (lambda x: bb_quantize(x, 1.0, torch.tensor([1, 1, 1, -1.0]), signed=True), ValueError, "z2"),
     (lambda x: bb_quantize(x.int(), 1.0, signed=True), TypeError, "float32 or float64"),
@@ -585,7 +586,7 @@ def test_device_given_as_torch_device():
 
 
 def test_ablation_configs_run():
-    """Pruning-only (fixed bits), quantization-only and Gumbel-softmax configs match the reference."""
+    """Pruning-only (fixed bits), quantization-only and Gumbel-softmax models match too."""
     for cfg in (BBConfig(learn_bits=False, weight_bits=4, act_bits=8),
                 BBConfig(pruning=False),
                 BBConfig(gate="gumbel_softmax", gate_options={"straight_through": True})):

@@ -129,7 +129,10 @@ def hard_concrete_sample(logits: torch.Tensor, u=None, *, generator=None,
 def gumbel_softmax_sample(logits: torch.Tensor, u=None, *, generator=None,
                           temperature: float = HC_TEMPERATURE,
                           straight_through: bool = False) -> torch.Tensor:
-    """z = sigmoid((φ + log u − log(1−u))/τ); straight-through: 1[z > 0.5] with z's gradient (§3.7)."""
+    """z = sigmoid((φ + log u − log(1−u))/τ) (spec §3.7).
+
+    Straight-through: the forward is 1[z > 0.5], the gradient that of the soft z.
+    """
     logits = _check_logits(logits)
     temperature = _check_temperature(temperature)
     if not isinstance(straight_through, bool):

@@ -71,7 +71,7 @@ def _gate_settings(config: BBConfig) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------- the quantizer
 
 class BBQuantizer(nn.Module):
-    """One Bayesian Bits quantizer (spec §1–§3), the torch twin of :class:`bbits_ref.qnn.BBQuantizer`.
+    """One Bayesian Bits quantizer (spec §1–§3): :class:`bbits_ref.qnn.BBQuantizer` in torch.
 
     Parameters: ``beta`` (range, created at the first forward), ``gate_logits`` (φ4, φ8, φ16,
     φ32), ``prune_logits`` (φ2 per output channel, weights with pruning only); buffer

@@ -3,7 +3,7 @@
 For quantizer t with MAC weight w_t = MAC_t / MAC_max and gate costs c(b) = w_t·b
 (``reg_type="bop"``) or 1 (``"const"``), with π the gates' probabilities of being non-zero::
 
-    with pruning     R_t = mean_c [c(2)π_{2,c} + c(4)π_{2,c}π4 + c(8)π_{2,c}π4π8 + c(16)·… + c(32)·…]
+    with pruning     R_t = mean_c [c(2)π2 + c(4)π2π4 + c(8)π2π4π8 + c(16)·… + c(32)·…]  (π2 per c)
     without pruning  R_t = 1 + c(4)π4 + c(8)π4π8 + c(16)π4π8π16 + c(32)π4π8π16π32
     independent      each gate pays c(b)·π_b alone (c(2)·mean_c π_{2,c} with pruning; 1 + … without)
 
