@@ -11,7 +11,8 @@ are equal: NumPy's BLAS is limited to ``--threads`` with threadpoolctl and torch
 ``torch.set_num_threads(--threads)``; the default is the BLAS thread count threadpoolctl
 reports (2 without threadpoolctl).  Prints JSON:
 
-* ``reference_ms`` / ``torch_ms``: median milliseconds per step; ``speedup``: reference / torch;
+* ``reference_ms`` / ``torch_ms``: median milliseconds per step, the two timed in alternation
+  (one step of each per round, after ``--warmup`` rounds); ``speedup``: reference / torch;
 * ``initial_loss``: the loss of both on the first batch with the same gate noise, before any
   step (equal to float32 precision: both time the same network);
 * ``threads``, ``blas``, ``torch``, ``machine``: the environment.
@@ -117,19 +118,29 @@ def main() -> None:
     p.add_argument("--keep-blas-env", action="store_true",
                    help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE if set (slow on some CPUs)")
     args = p.parse_args()
+    import numpy as np
     try:
         import torch
     except ImportError:
         sys.exit("this benchmark needs PyTorch: pip install 'bbits_ref[torch]'")
 
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     threads = args.threads or blas_threads()
     limiter = limit_threads(threads)
     torch.set_num_threads(threads)
     trainer, xb, yb = build(args.seed)
     model, torch_step = torch_step_fn(trainer.model, xb, yb, args.seed)
     losses = initial_losses(trainer, model, xb, yb)
-    ref_ms = median_ms(lambda: trainer.train_step(xb, yb, MU), args.repeats, args.warmup)
-    torch_ms = median_ms(torch_step, args.repeats, args.warmup)
+    ref_step = lambda: trainer.train_step(xb, yb, MU)  # noqa: E731
+    for _ in range(args.warmup):
+        ref_step()
+        torch_step()
+    # Interleaved, one step of each per round: a change of machine load hits both sides alike.
+    ref_times, torch_times = [], []
+    for _ in range(args.repeats):
+        ref_times.append(median_ms(ref_step, 1, warmup=0))
+        torch_times.append(median_ms(torch_step, 1, warmup=0))
+    ref_ms, torch_ms = float(np.median(ref_times)), float(np.median(torch_times))
     result = {
         "benchmark": "bayesian-bits lenet5 training step: numpy reference vs torch_impl",
         "config": {"batch": BATCH, "dtype": "float32", "mu": MU, "optimizer": "Adam lr 1e-3, "
@@ -144,7 +155,7 @@ def main() -> None:
         "torch": torch.__version__,
         "machine": machine(), "blas": blas_info(), "blas_env_removed": removed,
         "malloc_keeps_freed_memory": malloc_tuned,
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_average_1min": load,
     }
     print(json.dumps(result, indent=2))
 

@@ -11,14 +11,17 @@
 set -uo pipefail
 
 python="${PYTHON:-python}"
+chromium="${BBITS_CHROMIUM:-/usr/bin/chromium}"   # the same variable as tests/test_browser.py
 
-if [[ -x /usr/bin/chromium ]]; then
-    echo "chromium: already installed ($(/usr/bin/chromium --version 2>/dev/null | head -n 1))"
+if [[ -x "$chromium" ]]; then
+    echo "chromium: already installed ($("$chromium" --version 2>/dev/null | head -n 1))"
 elif command -v apt-get >/dev/null 2>&1; then
     echo "chromium: installing Debian's package (apt-get install chromium)"
     sudo=""
     if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; fi
-    if $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null; then
+    # Bounded, so a hanging mirror cannot eat the CI time budget.
+    if timeout 300 $sudo apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive timeout 900 $sudo apt-get install -y -qq chromium >/dev/null; then
         echo "chromium: installed"
     else
         echo "chromium: could not be installed; tests/test_browser.py will skip" >&2

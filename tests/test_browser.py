@@ -96,7 +96,7 @@ class LabServer:
                f"--ServerApp.root_dir={root_dir}",
                f"--LabApp.user_settings_dir={work / 'settings'}",
                f"--LabApp.workspaces_dir={work / 'workspaces'}",
-               "--LabApp.news_url=",
+               "--LabApp.news_url=", "--LabApp.extension_manager=readonly",
                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
@@ -174,22 +174,32 @@ def _run_all_cells(page) -> None:
     page.locator(".lm-Menu-item:visible", has_text=re.compile(r"^Run All Cells")).first.click()
 
 
-def _wait_until_idle(page, timeout: float) -> None:
-    """Kernel idle and every code cell executed (no "[*]" or "[ ]" prompts left)."""
-    page.wait_for_function(
+def _wait_until_done(page, timeout: float) -> None:
+    """Wait until the kernel is idle and every code cell has run, or a cell has raised."""
+    state = page.wait_for_function(
         """() => {
+            const failed = [...document.querySelectorAll(
+                '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
+                .map(e => e.textContent).find(t => t.includes('Traceback (most recent call last)'));
+            if (failed) return 'error: ' + failed.slice(0, 1500);
             const status = [...document.querySelectorAll('.jp-StatusBar-TextItem')]
                 .map(e => e.textContent.trim()).find(t => t.includes(' | '));
-            if (!status || !status.endsWith('| Idle') || status.startsWith('No Kernel')) return false;
+            const idle = status && status.endsWith('| Idle') && !status.startsWith('No Kernel');
+            if (!idle) return false;
             const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
-            return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
-        }""", timeout=timeout * 1000, polling=250)
+            return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent))
+                && 'done';
+        }""", timeout=timeout * 1000, polling=250).json_value()
+    if state != "done":
+        raise AssertionError(f"a cell of the notebook raised in the browser:\n{state[7:]}")
 
 
 def drive_quantizer_widget(notebook: Path, work: Path, screenshot: Path | None = None) -> dict:
     """Open ``notebook`` in JupyterLab in Chromium, run it, move the slider; returns what it saw.
 
-    Returns {"slider": label, "before": text, "after_right": text, "after_left": text, "seconds"}.
+    Returns {"slider": label, "keys": (key, key back), "before": text, "after_step": text,
+    "after_back": text, "values": [slider readouts], "seconds": float}; on failure raises an
+    AssertionError with a screenshot path and the end of JupyterLab's log.
     """
     sync_playwright = _playwright_or_skip()
     t0 = time.monotonic()
@@ -210,11 +220,19 @@ def drive_quantizer_widget(notebook: Path, work: Path, screenshot: Path | None =
                 try:
                     _open_notebook(page, server, notebook.name)
                     _run_all_cells(page)
-                    _wait_until_idle(page, RUN_ALL)
+                    _wait_until_done(page, RUN_ALL)
                     return _move_slider(page) | {"seconds": time.monotonic() - t0}
+                except Exception as exc:
+                    shot = screenshot or work / "failure.png"
+                    page.screenshot(path=str(shot))
+                    what = (str(exc) if isinstance(exc, AssertionError)
+                            else f"{type(exc).__name__}: {exc}")
+                    raise AssertionError(f"{what}\n\nscreenshot: {shot}\n"
+                                         f"JupyterLab log ({server.log_path}), last lines:\n"
+                                         f"{server.log_tail(20)}") from exc
                 finally:
                     if screenshot is not None:
-                        page.screenshot(path=str(screenshot), full_page=False)
+                        page.screenshot(path=str(screenshot))
             finally:
                 browser.close()
     finally:
@@ -251,7 +269,6 @@ def _move_slider(page) -> dict:
         return re.search(r"max \|error\| = [^,\s]+", result.inner_text()).group(0)
 
     def press_and_wait(key, old):
-        handle = slider.locator(".noUi-handle").first
         handle.focus()
         handle.press(key)
         deadline = time.monotonic() + SLIDER_RESPONSE
@@ -264,12 +281,17 @@ def _move_slider(page) -> dict:
                              f"(waited {SLIDER_RESPONSE} s)")
 
     readout = slider.locator(".widget-readout")
+    handle = slider.locator(".noUi-handle").first
+    # One step and back; from the top of the range the step goes down first.
+    value, top = (float(handle.get_attribute(a)) for a in ("aria-valuenow", "aria-valuemax"))
+    at_max = value >= top
+    there, back = ("ArrowLeft", "ArrowRight") if at_max else ("ArrowRight", "ArrowLeft")
     before, value_before = result_text(), readout.inner_text()
-    after_right = press_and_wait("ArrowRight", before)
-    value_right = readout.inner_text()
-    after_left = press_and_wait("ArrowLeft", after_right)
-    return {"slider": label, "before": before, "after_right": after_right,
-            "after_left": after_left, "values": [value_before, value_right, readout.inner_text()]}
+    after_step = press_and_wait(there, before)
+    value_step = readout.inner_text()
+    after_back = press_and_wait(back, after_step)
+    return {"slider": label, "keys": (there, back), "before": before, "after_step": after_step,
+            "after_back": after_back, "values": [value_before, value_step, readout.inner_text()]}
 
 
 def test_quantizer_widget_responds_to_the_slider_in_a_real_browser(tmp_path):
@@ -277,9 +299,9 @@ def test_quantizer_widget_responds_to_the_slider_in_a_real_browser(tmp_path):
     if not NOTEBOOK.exists():
         pytest.skip(f"{NOTEBOOK.relative_to(REPO)} does not exist yet (course helper A writes it)")
     seen = drive_quantizer_widget(NOTEBOOK, tmp_path)
-    assert seen["after_right"] != seen["before"]
+    assert seen["after_step"] != seen["before"], seen
     # Back to the starting position: the same numbers as before (the widget is a pure function).
-    assert seen["after_left"] == seen["before"], seen
+    assert seen["after_back"] == seen["before"], seen
     values = seen["values"]          # the slider's own readout moved one step and back
     assert values[0] != values[1] and values[2] == values[0], seen
     assert seen["seconds"] < 180, seen

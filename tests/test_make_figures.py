@@ -66,11 +66,11 @@ def committed(tmp_path):
     sweep = root / "sweep-lenet5"
     (sweep / "mu0.1").mkdir(parents=True)
     (sweep / "mu0.1" / "history.json").write_text(json.dumps(synthetic_history(2)))
-    rows = [{"label": "mu0.01", "mu": 0.01, "kind": "bb", "test_accuracy": 0.95, "relative_bops": 5.0},
-            {"label": "mu0.1", "mu": 0.1, "kind": "bb", "test_accuracy": 0.93, "relative_bops": 2.0},
-            {"label": "mu1", "mu": 1.0, "kind": "bb", "test_accuracy": 0.90, "relative_bops": 3.0},
-            {"label": "w4a4", "mu": 0.0, "kind": "baseline", "test_accuracy": 0.94,
-             "relative_bops": 1.6}]
+    rows = [{"label": label, "mu": mu, "kind": kind, "test_accuracy": acc, "relative_bops": bops}
+            for label, mu, kind, acc, bops in [("mu0.01", 0.01, "bb", 0.95, 5.0),
+                                               ("mu0.1", 0.1, "bb", 0.93, 2.0),
+                                               ("mu1", 1.0, "bb", 0.90, 3.0),
+                                               ("w4a4", 0.0, "baseline", 0.94, 1.6)]]
     (sweep / "sweep.json").write_text(json.dumps({"runs": rows}))
     return root
 
@@ -82,14 +82,15 @@ def _pngs(root):
 def test_renders_every_run_and_sweep_next_to_its_data_idempotently(committed):
     written = make_figures_module.make_figures([committed], dpi=DPI, log=lambda *_: None)
     files = _pngs(committed)
-    expected = ({f"mnist-lenet5/{n}" for n in RUN_PNGS} | {f"sweep-lenet5/mu0.1/{n}" for n in RUN_PNGS}
-                | {"sweep-lenet5/pareto.png"})
+    expected = ({f"mnist-lenet5/{n}" for n in RUN_PNGS}
+                | {f"sweep-lenet5/mu0.1/{n}" for n in RUN_PNGS} | {"sweep-lenet5/pareto.png"})
     assert set(files) == expected
     assert sorted(p.relative_to(committed).as_posix() for p in written) == sorted(expected)
     assert all(data.startswith(PNG_SIGNATURE) and len(data) > 500 for data in files.values())
     # No temp files left behind, and the JSON inputs are untouched.
     assert not [p for p in committed.rglob(".*")]
-    assert json.loads((committed / "mnist-lenet5" / "history.json").read_text()) == synthetic_history()
+    history = json.loads((committed / "mnist-lenet5" / "history.json").read_text())
+    assert history == synthetic_history()
     # Idempotent: a second run leaves the same files with the same bytes, nothing added.
     make_figures_module.make_figures([committed], dpi=DPI, log=lambda *_: None)
     assert _pngs(committed) == files
@@ -128,8 +129,9 @@ def test_errors_name_the_problem(tmp_path):
 
 def test_command_line(committed):
     """`python scripts/make_figures.py DIR` works from a checkout (no install needed)."""
-    ok = subprocess.run([sys.executable, str(SCRIPT), str(committed / "mnist-lenet5"), "--dpi", str(DPI)],
-                        capture_output=True, text=True, timeout=120, cwd=committed)
+    ok = subprocess.run([sys.executable, str(SCRIPT), str(committed / "mnist-lenet5"),
+                         "--dpi", str(DPI)], capture_output=True, text=True, timeout=120,
+                        cwd=committed)
     assert ok.returncode == 0, ok.stderr
     assert "wrote 5 figure(s)" in ok.stdout
     bad = subprocess.run([sys.executable, str(SCRIPT), str(committed / "nothing")],

@@ -235,7 +235,8 @@ def test_golden_cells_keep_outputs_and_are_checked():
         cell = nb.cells[3]
         cell.metadata["keep_output"] = True
         cell.source = (NBVAL_CHECK + "\n" if marked else "") + cell.source
-        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="2\n")] if outputs else []
+        stream = nbformat.v4.new_output("stream", name="stdout", text="2\n")
+        cell.outputs = [stream] if outputs else []
         cell.execution_count = 3
     # A checked golden cell is fine under both rules.
     assert _problems("check_no_outputs", lambda nb: golden(nb, True, True)) == ""

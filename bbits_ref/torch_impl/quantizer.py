@@ -19,15 +19,16 @@ switches its residual and every higher one off: they are not computed, and the g
 that gate value is 0 (the official convention, spec §2.5).
 
 The backward is not autograd through ~25 ops but the closed forms of spec §2.6, with
-``inside = 1[lo < x < hi]`` taken from the two ReLU masks (relu'(0) = 0)::
+``inside = 1[lo < x < hi]`` taken from the two ReLU masks (relu'(0) = 0); it recomputes the
+residuals block by block from x instead of storing them (less memory and memory traffic)::
 
     ∂L/∂x  = g·z2·inside
     ∂L/∂β  = Σ g·z2·(tail0 − x_c·inside) / β          tail0 = A2 + z4·(e4 + …)
     ∂L/∂z2 = Σ_{non-channel axes} g·tail0
     ∂L/∂z_b = z4···z_{b/2} · Σ g·z2·tail_b              tail_b = e_b + z_{2b}·(…)
 
-Sums are float32 dot products per block of 65,536 values, the block totals added in float64
-(as the reference does).  :func:`round_ste` is the straight-through rounding on its own.
+Sums are float32 dot products per block of 32,768 values, the block totals added in float64
+(as the reference does): within ~1e−7 of the float32 reference's sums.  :func:`round_ste` is the straight-through rounding on its own.
 """
 from __future__ import annotations
 
@@ -73,131 +74,159 @@ def _tensor_scalar(value, np_type) -> float:
     return float(np_type(value))
 
 
-# Elements per block on the CPU.  The ~25 elementwise steps run block by block, so the
-# intermediates stay in the cache and no temporary of the tensor's size is allocated: on the
-# 2.4M-value activation after conv1 of LeNet-5 this is several times faster than whole-tensor
-# steps.  Other devices take the whole tensor as one block (one kernel per step).
-_CPU_BLOCK = 1 << 16
+# Elements per block on the CPU.  Forward and backward run their ~25 elementwise steps block by
+# block, so the intermediates stay in the cache and nothing of the tensor's size is stored but
+# the output: on the 2.4M-value activation after conv1 of LeNet-5 the memory traffic is a third
+# of whole-tensor steps.  Other devices take the whole tensor as one block.
+_CPU_BLOCK = 1 << 15
 
 
-def _forward_block(x, lo, hl, hi, steps, gates, depth, clip, inside, tails, slope, scratch):
-    """One block of the forward: writes ``inside``, ``tails[0..depth]`` and ``slope`` (views).
+class _Plan:
+    """Everything a block needs: the scalars in x's dtype, the gates, the scratch buffers."""
 
-    ``hl`` = hi − lo and ``hi`` are 0-d tensors (for scalar − tensor in place); ``scratch``
-    holds two float buffers and one bool buffer of at least the block's size.
-    """
-    n = x.numel()
-    x_c, residual, mask = scratch[0][:n], scratch[1][:n], scratch[2][:n]
-    if clip == "official":                              # hi − relu(hi − lo − relu(x − lo))
-        torch.sub(x, lo, out=x_c)
-        torch.gt(x_c, 0, out=inside)                    # relu(x − lo) is active
-        x_c.clamp_(min=0)
-        torch.sub(hl, x_c, out=x_c)                     # (hi − lo) − relu(x − lo)
-        torch.gt(x_c, 0, out=mask)                      # the outer relu is active: below hi
-        inside.logical_and_(mask)
-        x_c.clamp_(min=0)
-        torch.sub(hi, x_c, out=x_c)
-    else:
-        torch.clamp(x, lo, float(hi), out=x_c)
-        torch.gt(x, lo, out=inside)
-        torch.lt(x, float(hi), out=mask)
-        inside.logical_and_(mask)
-    # parts first (A2, e4, …, written into the tails' buffers), then the gated sums
-    torch.div(x_c, steps[0], out=tails[0]).round_().mul_(steps[0])            # A2
-    if depth:
-        torch.sub(x_c, tails[0], out=residual)
-        for level in range(1, depth + 1):               # left to right: x_c − A2 − e4 − …
-            if level > 1:
-                residual.sub_(tails[level - 1])
-            torch.div(residual, steps[level], out=tails[level]).round_().mul_(steps[level])
-    for level in range(depth - 1, -1, -1):             # tail_k = part_k + z·tail_{k+1}
-        z = gates[level]
-        if z == 1:
-            tails[level].add_(tails[level + 1])
-        else:
-            tails[level].add_(torch.mul(tails[level + 1], z, out=residual))
-    if slope is not None:                               # tail0 − x_c·inside, for ∂/∂β
-        torch.sub(tails[0], x_c.mul_(inside), out=slope)
-
-
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Σ a·b of two flat tensors: a dot product per CPU block, the block totals added in float64.
-
-    As the reference sums.  On 2.4M float32 values the error is ~1e−9 of Σ|a·b| (one float32
-    dot: ~1e−8), which keeps the β and gate gradients within ~1e−7 of the float32 reference.
-    """
-    size = a.numel()
-    if a.device.type != "cpu" or size <= _CPU_BLOCK:
-        return torch.dot(a, b)
-    parts = [torch.dot(a[i:i + _CPU_BLOCK], b[i:i + _CPU_BLOCK])
-             for i in range(0, size, _CPU_BLOCK)]
-    return torch.stack(parts).to(torch.float64).sum().to(a.dtype)
-
-
-class _BBQuantize(torch.autograd.Function):
-    """x_q = z2 ⊙ (A2 + z4·(e4 + …)) with the closed-form gradients of spec §2.6."""
-
-    @staticmethod
-    def forward(ctx, x, beta, z2b, z4, z8, z16, z32, signed, clip, channel_dims):
+    def __init__(self, x, beta, gates, signed, clip):
         np_type = _NUMPY_DTYPES[x.dtype]
         beta_np = np_type(_tensor_scalar(beta, np_type))
         lo, hi = _ref.clip_range(beta_np, signed)          # the reference's scalar arithmetic
-        steps = [float(s) for s in _ref.step_sizes(beta_np, signed)]
-        gates = [None if z is None else _tensor_scalar(z, np_type) for z in (z4, z8, z16, z32)]
-        depth = 0                                           # residuals computed: stop at a 0 gate
-        while depth < 4 and gates[depth] is not None and gates[depth] != 0:
-            depth += 1
+        self.lo, self.clip = float(lo), clip
+        self.steps = [float(s) for s in _ref.step_sizes(beta_np, signed)]
+        self.gates = [None if z is None else _tensor_scalar(z, np_type) for z in gates]
+        self.depth = 0                                      # residuals computed: stop at a 0 gate
+        while (self.depth < 4 and self.gates[self.depth] is not None
+               and self.gates[self.depth] != 0):
+            self.depth += 1
+        self.size = x.numel()
+        self.block = max(1, min(self.size, _CPU_BLOCK) if x.device.type == "cpu" else self.size)
+        self.like = dict(dtype=x.dtype, device=x.device)
+        # 0-d tensors: "scalar − tensor" in place, and the 0 of torch.where
+        self.hl = torch.tensor(float(hi - lo), **self.like)
+        self.hi = torch.tensor(float(hi), **self.like)
+        self.zero = torch.zeros((), **self.like)
+        self.floats = self.bools = None             # scratch, allocated by run()
 
-        flat = x.detach().contiguous().reshape(-1)
-        size = flat.numel()
-        block = min(size, _CPU_BLOCK) if x.device.type == "cpu" else size
-        inside = torch.empty(size, dtype=torch.bool, device=x.device)
-        tails = [torch.empty_like(flat) for _ in range(depth + 1)]
-        slope = torch.empty_like(flat) if ctx.needs_input_grad[1] else None
-        scratch = (torch.empty(block, dtype=x.dtype, device=x.device),
-                   torch.empty(block, dtype=x.dtype, device=x.device),
-                   torch.empty(block, dtype=torch.bool, device=x.device))
-        hl_t = torch.tensor(float(hi - lo), dtype=x.dtype, device=x.device)
-        hi_t = torch.tensor(float(hi), dtype=x.dtype, device=x.device)
-        for start in range(0, size, max(block, 1)):
-            s = slice(start, min(start + block, size))
-            _forward_block(flat[s], float(lo), hl_t, hi_t, steps, gates, depth, clip,
-                           inside[s], [t[s] for t in tails], None if slope is None else slope[s],
-                           scratch)
-        del scratch
-        tails = [t.reshape(x.shape) for t in tails]
-        x_q = tails[0] if z2b is None else tails[0] * z2b
-        ctx.gates, ctx.channel_dims = gates, channel_dims
-        ctx.save_for_backward(inside.reshape(x.shape), slope, z2b, beta, *tails)
+    def release(self) -> None:
+        """Free the scratch buffers (between the forward and the backward)."""
+        self.floats = self.bools = None
+
+    def blocks(self):
+        return (slice(i, min(i + self.block, self.size)) for i in range(0, self.size, self.block))
+
+    def run(self, x, tail0=None):
+        """Quantize one block ``x``: returns (x_c, inside, tails) as scratch views.
+
+        tails[k] = part_k + z_{k+1}·tails[k+1] (tails[0] = A2 + z4·(e4 + …) is the ungated
+        x_q); written into ``tail0`` if given.  Exactly the reference's operations, in order.
+        """
+        if self.floats is None:
+            self.floats = [torch.empty(self.block, **self.like) for _ in range(self.depth + 3)]
+            self.bools = [torch.empty(self.block, dtype=torch.bool, device=x.device)
+                          for _ in range(2)]
+        n = x.numel()
+        x_c, residual, *rest = (f[:n] for f in self.floats)
+        inside, mask = (b[:n] for b in self.bools)
+        tails = [rest[0] if tail0 is None else tail0] + rest[1:]
+        if self.clip == "official":                     # hi − relu(hi − lo − relu(x − lo))
+            torch.sub(x, self.lo, out=x_c)
+            torch.gt(x_c, 0, out=inside)                # relu(x − lo) is active
+            x_c.clamp_(min=0)
+            torch.sub(self.hl, x_c, out=x_c)            # (hi − lo) − relu(x − lo)
+            torch.gt(x_c, 0, out=mask)                  # the outer relu is active: below hi
+            inside.logical_and_(mask)
+            x_c.clamp_(min=0)
+            torch.sub(self.hi, x_c, out=x_c)
+        else:
+            torch.clamp(x, self.lo, float(self.hi), out=x_c)
+            torch.gt(x, self.lo, out=inside)
+            torch.lt(x, float(self.hi), out=mask)
+            inside.logical_and_(mask)
+        # the parts A2, e4, … (in the tails' buffers), then the gated sums, innermost first
+        steps = self.steps
+        torch.div(x_c, steps[0], out=tails[0]).round_().mul_(steps[0])
+        if self.depth:
+            torch.sub(x_c, tails[0], out=residual)
+            for level in range(1, self.depth + 1):      # left to right: x_c − A2 − e4 − …
+                if level > 1:
+                    residual.sub_(tails[level - 1])
+                torch.div(residual, steps[level], out=tails[level]).round_().mul_(steps[level])
+        for level in range(self.depth - 1, -1, -1):
+            z = self.gates[level]
+            if z == 1:
+                tails[level].add_(tails[level + 1])
+            else:
+                tails[level].add_(torch.mul(tails[level + 1], z, out=residual))
+        return x_c, inside, tails
+
+
+def _sum(parts: list, like: torch.Tensor) -> torch.Tensor:
+    """Block totals added in float64 (as the reference sums), returned in ``like``'s dtype."""
+    return torch.stack(parts).to(torch.float64).sum().to(like.dtype)
+
+
+class _BBQuantize(torch.autograd.Function):
+    """x_q = z2 ⊙ (A2 + z4·(e4 + …)) with the closed-form gradients of spec §2.6.
+
+    The forward stores nothing but x (which the layer before keeps anyway); the backward
+    recomputes each block's clip mask and residuals and reduces them at once.
+    """
+
+    @staticmethod
+    def forward(ctx, x, beta, z2b, z4, z8, z16, z32, signed, clip, channel_dims):
+        x = x.detach().contiguous()
+        plan = _Plan(x, beta, (z4, z8, z16, z32), signed, clip)
+        flat = x.reshape(-1)
+        tail0 = torch.empty_like(flat)
+        for s in plan.blocks():
+            plan.run(flat[s], tail0[s])
+        plan.release()
+        x_q = tail0.reshape(x.shape)
+        if z2b is not None:
+            x_q = x_q * z2b
+        ctx.plan, ctx.channel_dims = plan, channel_dims
+        ctx.save_for_backward(x, z2b, beta)
         return x_q
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        inside, range_slope, z2b, beta, *tails = ctx.saved_tensors
-        need = ctx.needs_input_grad
+        x, z2b, beta = ctx.saved_tensors
+        plan, need = ctx.plan, ctx.needs_input_grad
         g = g.contiguous()
         gz = g if z2b is None else g * z2b                  # g·z2
-        flat = gz.reshape(-1)
-        grad_x = grad_beta = grad_z2 = None
-        if need[0]:
-            grad_x = gz * inside                            # as np.multiply(g, inside)
+        gz_flat = gz.reshape(-1)
+        grad_x = torch.empty_like(gz_flat) if need[0] else None
+        tail0 = torch.empty_like(gz_flat) if need[2] else None
+        levels = [lv for lv in range(1, 5) if need[2 + lv] and lv <= plan.depth]
+        beta_parts, gate_parts = [], {lv: [] for lv in levels}
+        for s in plan.blocks():
+            x_c, inside, tails = plan.run(x.reshape(-1)[s], None if tail0 is None else tail0[s])
+            gz_s = gz_flat[s]
+            if grad_x is not None:                          # g·z2·1[lo < x < hi]
+                torch.where(inside, gz_s, plan.zero, out=grad_x[s])
+            if need[1]:                                     # Σ g·z2·(tail0 − x_c·inside)
+                torch.where(inside, x_c, plan.zero, out=x_c)
+                beta_parts.append(torch.dot(gz_s, torch.sub(tails[0], x_c, out=x_c)))
+            for lv in levels:                               # Σ g·z2·tail_b
+                gate_parts[lv].append(torch.dot(gz_s, tails[lv]))
+        plan.release()
+        grad_beta = grad_z2 = None
         if need[1]:
-            total = _dot(flat, range_slope.reshape(-1))
-            grad_beta = (total / beta.detach()).to(beta.dtype).expand(beta.shape).clone()
+            grad_beta = (_sum(beta_parts, g) / beta.detach()).to(beta.dtype)
+            grad_beta = grad_beta.expand(beta.shape).clone()
         if need[2]:
-            grad_z2 = (g * tails[0]).sum(dim=ctx.channel_dims, keepdim=True)
+            grad_z2 = (g * tail0.reshape(g.shape)).sum(dim=ctx.channel_dims, keepdim=True)
         grad_gates = []
         lower = 1.0                                         # z4···z_{b/2}
-        for level in range(1, 5):
-            if not need[2 + level]:
+        for lv in range(1, 5):
+            if not need[2 + lv]:
                 grad_gates.append(None)
-            elif level >= len(tails):                       # not computed: a gate ≤ this one is 0
+            elif lv > plan.depth:                           # not computed: a gate ≤ this one is 0
                 grad_gates.append(torch.zeros((), dtype=g.dtype, device=g.device))
             else:
-                grad_gates.append(lower * _dot(flat, tails[level].reshape(-1)))
-            z = ctx.gates[level - 1]
+                grad_gates.append(lower * _sum(gate_parts[lv], g))
+            z = plan.gates[lv - 1]
             lower *= 0.0 if z is None else z
+        if grad_x is not None:
+            grad_x = grad_x.reshape(g.shape)
         return (grad_x, grad_beta, grad_z2, *grad_gates, None, None, None)
 
 
