@@ -38,7 +38,17 @@ step "upgrading pip"
 python -m pip install --quiet --upgrade pip
 step "installing bbits_ref (editable) with the notebooks and test extras"
 python -m pip install --quiet -e '.[notebooks,test]'
+if [[ -n "${CI:-}" && "${CI}" != "false" || -n "${BBITS_TEST_TORCH:-}" ]]; then
+    # The PyTorch implementation and its conformance tests (skipped without torch).  2.13.0 is the
+    # CPU build that CI machines have locally; set BBITS_TEST_TORCH=1 to include it elsewhere.
+    step "installing torch==2.13.0 for bbits_ref.torch_impl (CI or BBITS_TEST_TORCH=1)"
+    python -m pip install --quiet 'torch==2.13.0'
+fi
 echo "    install took $((SECONDS - start)) s"
+if [[ -n "${CI:-}" && "${CI}" != "false" ]]; then
+    step "installing Chromium and playwright for tests/test_browser.py (CI only; never fails)"
+    bash scripts/ci_browser_setup.sh
+fi
 
 start=$SECONDS
 step "checking the gradient of every primitive: python -m bbits_ref.gradcheck"
@@ -50,3 +60,9 @@ step "running the tests: python -m pytest -n 2 -q $*"
 # No `exec`: we print the time afterwards; `set -e` still passes pytest's failure on.
 python -m pytest -n 2 -q "$@"
 echo "    tests took $((SECONDS - start)) s"
+
+start=$SECONDS
+step "running every notebook in small mode: BBITS_SMALL=1 python -m pytest --nbval-lax notebooks/"
+# --nbval-current-env: run the kernels with this virtualenv's Python.
+BBITS_SMALL=1 python -m pytest --nbval-lax --nbval-current-env notebooks/ -p no:xdist -q
+echo "    notebooks took $((SECONDS - start)) s"

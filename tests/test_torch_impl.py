@@ -451,6 +451,25 @@ def test_model_bops_match_the_reference_readout():
 
 # --------------------------------------------------------------------------- models
 
+@pytest.mark.parametrize("shape, k", [((3, 4, 8, 6), 2), ((2, 3, 7, 9), 2), ((2, 2, 9, 9), 3)])
+def test_max_pool_routes_to_the_first_maximum(shape, k):
+    """Many ties (values from {0, 1, 2}): same values and gradients as the reference's pool."""
+    rng = np.random.default_rng(15)
+    x = rng.integers(0, 3, shape).astype(np.float64)
+    g = rng.standard_normal((shape[0], shape[1], shape[2] // k, shape[3] // k))
+    xt = Tensor(x, requires_grad=True)
+    want = ops.max_pool2d(xt, kernel_size=k)
+    (want * Tensor(g)).sum().backward()
+    xs = torch.tensor(x, requires_grad=True)
+    got = ti.models.MaxPool2d(k)(xs)
+    got.backward(torch.tensor(g))
+    np.testing.assert_array_equal(got.detach().numpy(), want.data)
+    np.testing.assert_array_equal(xs.grad.numpy(), xt.grad)
+    xn = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.max_pool2d(xn, k).backward(torch.tensor(g))
+    np.testing.assert_array_equal(xs.grad.numpy(), xn.grad.numpy())
+
+
 def _initialized_pair(arch, dtype, seed=0, batch=6):
     rng = np.random.default_rng(seed)
     if arch == "lenet5":

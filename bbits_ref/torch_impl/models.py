@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .. import models as _ref_models
 from ..nn import as_generator
@@ -36,8 +37,8 @@ from . import gates as gates_mod
 from .prior import bop_regularizer, independent_regularizer
 from .quantizer import bb_quantize
 
-__all__ = ["BBQuantizer", "QConv2d", "QLinear", "QConv2dBN", "QLinearBN", "BBNet", "LeNet5",
-           "VGG7", "state_dict_to_numpy", "load_numpy_state", "to_reference", "from_reference"]
+__all__ = ["BBQuantizer", "MaxPool2d", "QConv2d", "QLinear", "QConv2dBN", "QLinearBN", "BBNet",
+           "LeNet5", "VGG7", "state_dict_to_numpy", "load_numpy_state", "to_reference", "from_reference"]
 
 _NP = {torch.float32: np.float32, torch.float64: np.float64}
 _TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
@@ -380,6 +381,54 @@ class QLinearBN(_FoldedBN):
         return F.linear(x, w)
 
 
+class _MaxPool(torch.autograd.Function):
+    """Non-overlapping k×k max-pooling from k² strided taps; the gradient goes to the first
+    maximum of each window in row-major order (as the reference and ``torch.max_pool2d``)."""
+
+    @staticmethod
+    def forward(ctx, x, k):
+        ho, wo = x.shape[2] // k, x.shape[3] // k
+        taps = [x[:, :, i:i + k * ho:k, j:j + k * wo:k] for i in range(k) for j in range(k)]
+        out = taps[0].clone()
+        for t in taps[1:]:
+            torch.maximum(out, t, out=out)
+        ctx.k = k
+        ctx.save_for_backward(x, out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        x, out = ctx.saved_tensors
+        k = ctx.k
+        ho, wo = out.shape[2], out.shape[3]
+        covered = x.shape[2] == k * ho and x.shape[3] == k * wo
+        dx = torch.empty_like(x) if covered else torch.zeros_like(x)
+        still_open = torch.ones_like(out)       # windows whose maximum has not been routed yet
+        hit = torch.empty_like(out)             # 0.0/1.0 masks: faster than bool on the CPU
+        for i in range(k):
+            for j in range(k):
+                torch.eq(x[:, :, i:i + k * ho:k, j:j + k * wo:k], out, out=hit)
+                hit.mul_(still_open)
+                torch.mul(g, hit, out=dx[:, :, i:i + k * ho:k, j:j + k * wo:k])
+                still_open.sub_(hit)
+        return dx, None
+
+
+class MaxPool2d(nn.Module):
+    """k×k max-pooling with stride k (``torch.nn.MaxPool2d(k)`` semantics, ~10x faster on CPU)."""
+
+    def __init__(self, kernel_size: int = 2) -> None:
+        super().__init__()
+        self.kernel_size = int(kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _MaxPool.apply(x, self.kernel_size)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}"
+
+
 # --------------------------------------------------------------------------- the network
 
 class BBNet(nn.Module):
@@ -400,8 +449,9 @@ class BBNet(nn.Module):
         for _, m in layers:                       # shape inference records every layer's MACs
             if isinstance(m, QuantizedLayer):
                 shape = m.out_shape(shape)
-            elif isinstance(m, nn.MaxPool2d):
-                shape = (shape[0], shape[1] // 2, shape[2] // 2)
+            elif isinstance(m, MaxPool2d):
+                k = m.kernel_size
+                shape = (shape[0], shape[1] // k, shape[2] // k)
             elif isinstance(m, nn.Flatten):
                 shape = (int(np.prod(shape)),)
         self.output_shape = shape
@@ -568,8 +618,8 @@ class LeNet5(BBNet):
         cfg = _config(config, "mnist")
         kw = dict(rng=as_generator(rng), config=cfg, dtype=_check_dtype(dtype), device=device)
         layers = [
-            ("conv1", QConv2d(1, 32, 5, **kw)), ("pool1", nn.MaxPool2d(2)),
-            ("conv2", QConv2d(32, 64, 5, **kw)), ("pool2", nn.MaxPool2d(2)),
+            ("conv1", QConv2d(1, 32, 5, **kw)), ("pool1", MaxPool2d(2)),
+            ("conv2", QConv2d(32, 64, 5, **kw)), ("pool2", MaxPool2d(2)),
             ("flatten", nn.Flatten()),
             ("fc1", QLinear(1024, 512, **kw)),
             ("fc2", QLinear(512, 10, relu=False, act_quant=False, prune=False, **kw)),
@@ -593,11 +643,11 @@ class VGG7(BBNet):
         c1, c2, c3, hidden = (max(1, int(round(c * width))) for c in (128, 256, 512, 1024))
         layers = [
             ("conv1", QConv2dBN(3, c1, **kw)), ("conv2", QConv2dBN(c1, c1, **kw)),
-            ("pool1", nn.MaxPool2d(2)),
+            ("pool1", MaxPool2d(2)),
             ("conv3", QConv2dBN(c1, c2, **kw)), ("conv4", QConv2dBN(c2, c2, **kw)),
-            ("pool2", nn.MaxPool2d(2)),
+            ("pool2", MaxPool2d(2)),
             ("conv5", QConv2dBN(c2, c3, **kw)), ("conv6", QConv2dBN(c3, c3, **kw)),
-            ("pool3", nn.MaxPool2d(2)),
+            ("pool3", MaxPool2d(2)),
             ("flatten", nn.Flatten()),
             ("fc1", QLinearBN(c3 * 16, hidden, **kw)),
             ("fc2", QLinear(hidden, 10, relu=False, act_quant=False, prune=False, **kw)),
