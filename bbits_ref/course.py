@@ -115,9 +115,9 @@ class CourseSettings:
     def describe(self) -> str:
         """One line per run, for the first cell of a notebook."""
         def fmt(r: RunSettings) -> str:
-            lim = lambda n: "all" if n is None else str(n)          # noqa: E731
-            return (f"{r.epochs} epoch(s), {lim(r.train_limit)} training / "
-                    f"{lim(r.test_limit)} test images, batch {r.batch_size}")
+            train, test = ("all" if n is None else str(n) for n in (r.train_limit, r.test_limit))
+            return (f"{r.epochs} epoch(s), {train} training / {test} test images, "
+                    f"batch {r.batch_size}")
         return "\n".join([
             f"course mode: {self.mode} (set {SMALL_ENV_VAR}=1 for the tiny CI version, "
             f"{SMALL_ENV_VAR}=0 for the full one)",

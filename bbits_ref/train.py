@@ -152,14 +152,22 @@ def history_record(model: BBNet, **scalars) -> dict:
 
 
 def _load_data(config: TrainConfig):
-    """The config's dataset (raw uint8 images), cut to ``train_limit`` / ``test_limit``."""
+    """The config's dataset (raw uint8 images, spec §7.3)."""
     from . import data
-    ds = data.load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
-    if config.train_limit or config.test_limit:
-        tr, te = slice(config.train_limit), slice(config.test_limit)
-        ds = data.Dataset(ds.x_train[tr], ds.y_train[tr], ds.x_test[te], ds.y_test[te],
-                          ds.name, ds.classes, ds.source)
-    return ds
+    return data.load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+
+
+def _limit(data, config: TrainConfig):
+    """``data`` cut to the config's ``train_limit`` / ``test_limit`` (a Dataset or a 4-tuple)."""
+    from .data import Dataset
+    if not (config.train_limit or config.test_limit):
+        return data
+    tr, te = slice(config.train_limit), slice(config.test_limit)
+    if isinstance(data, Dataset):
+        return Dataset(data.x_train[tr], data.y_train[tr], data.x_test[te], data.y_test[te],
+                       data.name, data.classes, data.source)
+    x_train, y_train, x_test, y_test = data
+    return x_train[tr], y_train[tr], x_test[te], y_test[te]
 
 
 class Trainer:
@@ -186,7 +194,7 @@ class Trainer:
         self.data_rng = np.random.default_rng(data_seq)
         self.noise_rng = np.random.default_rng(noise_seq)
         from .data import Dataset
-        data = _load_data(config) if data is None else data
+        data = _limit(_load_data(config) if data is None else data, config)
         dtype = np.dtype(config.dtype)
         if isinstance(data, Dataset):
             self.dataset_name = data.name

@@ -236,4 +236,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _common import clean_blas_env
+    clean_blas_env(sys.argv)                  # re-runs without OPENBLAS_CORETYPE/_L2_SIZE if set
+    from bbits_ref._runtime import keep_freed_memory
+    keep_freed_memory()
+    sys.exit(main([a for a in sys.argv[1:] if a != "--keep-blas-env"]))

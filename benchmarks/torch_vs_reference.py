@@ -11,8 +11,8 @@ are equal: NumPy's BLAS is limited to ``--threads`` with threadpoolctl and torch
 ``torch.set_num_threads(--threads)``; the default is the BLAS thread count threadpoolctl
 reports (2 without threadpoolctl).  Prints JSON:
 
-* ``reference_ms`` / ``torch_ms``: median milliseconds per step, the two timed in alternation
-  (one step of each per round, after ``--warmup`` rounds); ``speedup``: reference / torch;
+* ``reference_ms`` / ``torch_ms``: median milliseconds per step (after ``--warmup`` steps),
+  the reference first; ``speedup``: reference / torch;
 * ``initial_loss``: the loss of both on the first batch with the same gate noise, before any
   step (equal to float32 precision: both time the same network);
 * ``threads``, ``blas``, ``torch``, ``machine``: the environment.
@@ -118,7 +118,6 @@ def main() -> None:
     p.add_argument("--keep-blas-env", action="store_true",
                    help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE if set (slow on some CPUs)")
     args = p.parse_args()
-    import numpy as np
     try:
         import torch
     except ImportError:
@@ -131,16 +130,10 @@ def main() -> None:
     trainer, xb, yb = build(args.seed)
     model, torch_step = torch_step_fn(trainer.model, xb, yb, args.seed)
     losses = initial_losses(trainer, model, xb, yb)
-    ref_step = lambda: trainer.train_step(xb, yb, MU)  # noqa: E731
-    for _ in range(args.warmup):
-        ref_step()
-        torch_step()
-    # Interleaved, one step of each per round: a change of machine load hits both sides alike.
-    ref_times, torch_times = [], []
-    for _ in range(args.repeats):
-        ref_times.append(median_ms(ref_step, 1, warmup=0))
-        torch_times.append(median_ms(torch_step, 1, warmup=0))
-    ref_ms, torch_ms = float(np.median(ref_times)), float(np.median(torch_times))
+    # One side after the other, not interleaved: idle BLAS / OpenMP worker threads keep spinning
+    # for a while after their library returns, and would slow down the other side.
+    ref_ms = median_ms(lambda: trainer.train_step(xb, yb, MU), args.repeats, args.warmup)
+    torch_ms = median_ms(torch_step, args.repeats, args.warmup)
     result = {
         "benchmark": "bayesian-bits lenet5 training step: numpy reference vs torch_impl",
         "config": {"batch": BATCH, "dtype": "float32", "mu": MU, "optimizer": "Adam lr 1e-3, "

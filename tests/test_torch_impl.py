@@ -4,7 +4,7 @@ Everything is compared with the reference on the same inputs, parameters and gat
   * float64: the quantizer forward and its x gradient are equal bit for bit; sums (β and gate
     gradients) agree to ~1e−12 of their scale; whole networks to ~1e−9;
   * float32: the quantizer forward is still bit-exact (same IEEE operations in the same order);
-    sums agree to 1e−5 of their scale; whole networks to 1e−5 on the logits.  Network gradients
+    sums agree to 1e−6 of their scale; whole networks to 1e−5 on the logits.  Network gradients
     are looser in float32: a pre-activation that differs by one ulp between two convolution
     algorithms can fall on the other side of a ReLU/clip bound and switch one element's
     straight-through mask (measured: up to ~5e−3 of the gradient's max, more on β gradients
@@ -12,6 +12,7 @@ Everything is compared with the reference on the same inputs, parameters and gat
 """
 import ast
 import subprocess
+import zlib
 import sys
 from pathlib import Path
 
@@ -148,7 +149,7 @@ def test_no_hard_coded_cuda():
 @pytest.mark.parametrize("gates", GATE_CASES.values(), ids=GATE_CASES.keys())
 @pytest.mark.parametrize("signed", [True, False])
 def test_quantizer_float64_is_bit_exact(gates, signed):
-    rng = np.random.default_rng(abs(hash((gates, signed))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((gates, signed)).encode()))
     beta = rng.uniform(0.5, 2.0)
     x = make_values(rng, (6, 3, 5), beta, signed, np.float64)
     z2 = rng.uniform(0, 1, 6)

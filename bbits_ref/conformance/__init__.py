@@ -43,7 +43,7 @@ Typical use::
 Modules: :mod:`~.suite` (the cases, export, load), :mod:`~.checker` (check and the report),
 :mod:`~.reference` (the reference adapter), :mod:`~.official` (the official code),
 :mod:`~.mutants` (wrong adapters the suite catches), :mod:`~.cli`.
-Notebook: ``notebooks/09_conformance.ipynb``.
+Notebook: ``notebooks/09_validating_fast_implementations.ipynb``.
 """
 from .checker import Report, check, load_adapter
 from .suite import METHODS, SCHEMA_VERSION, SUITE_VERSION, Suite, SuiteError, build_cases, export, load

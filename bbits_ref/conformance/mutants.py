@@ -2,7 +2,7 @@
 
 Each mutant is the reference adapter with one classic implementation mistake.  The tests assert
 that each one fails exactly the cases that exercise its mistake (and passes the rest), which
-shows the suite can fail on a real bug.  Notebook ``09_conformance.ipynb`` runs them to show
+shows the suite can fail on a real bug.  Notebook ``09_validating_fast_implementations.ipynb`` runs them to show
 what a failing report looks like.
 
 * :class:`WrongDenominator`: step sizes s_{2b} = s_b/(2^b − 1) instead of s_b/(2^b + 1)

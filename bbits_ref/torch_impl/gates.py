@@ -198,13 +198,16 @@ def _check_chain_logits(chain_logits) -> torch.Tensor:
 
 
 def chain_gates(chain_logits: torch.Tensor, u=None, *, training: bool, hard_cut: bool = True,
-                gate: str = "hard_concrete", generator=None, **options) -> list:
+                gate: str = "hard_concrete", generator=None, threshold: float = HC_THRESHOLD,
+                **options) -> list:
     """z4, z8, z16, z32 of one quantizer, visited in order with the hard cut (spec §3.5).
 
     Returns four entries: ``None`` for a gate that is off for good (φ ≤ −2 with ``hard_cut``,
     or above a gate that is 0 at test time), a 0-d tensor sample that keeps the graph to
     ``chain_logits`` (training; the four are sampled in one vectorised call), or a Python
     0.0 / 1.0 (evaluation).  Same semantics as :func:`bbits_ref.gates.chain_gates`.
+    ``options`` (temperature, straight_through) go to the sample, ``threshold`` to the
+    test-time rule.
     """
     chain_logits = _check_chain_logits(chain_logits)
     phis = chain_logits.detach().tolist()
@@ -214,7 +217,7 @@ def chain_gates(chain_logits: torch.Tensor, u=None, *, training: bool, hard_cut:
                              "(4,) or a torch.Generator")
         samples = sample(chain_logits, u, gate=gate, generator=generator, **options)
     else:
-        values = deterministic_gates(chain_logits, gate=gate).tolist()
+        values = deterministic_gates(chain_logits, gate=gate, threshold=threshold).tolist()
     gates: list = [None] * 4
     for i in range(4):                 # each gate depends on whether the previous one was cut
         if hard_cut and phis[i] <= HARD_CUT_LOGIT:
@@ -229,8 +232,9 @@ def chain_gates(chain_logits: torch.Tensor, u=None, *, training: bool, hard_cut:
 
 
 def chain_gates_eval(chain_logits: torch.Tensor, *, hard_cut: bool = True,
-                     gate: str = "hard_concrete") -> torch.Tensor:
+                     gate: str = "hard_concrete", threshold: float = HC_THRESHOLD) -> torch.Tensor:
     """Test-time (z4, z8, z16, z32) as a 0/1 tensor, hard cut applied (spec §3.4–3.5)."""
-    values = chain_gates(chain_logits, training=False, hard_cut=hard_cut, gate=gate)
+    values = chain_gates(chain_logits, training=False, hard_cut=hard_cut, gate=gate,
+                         threshold=threshold)
     return torch.tensor([0.0 if v is None else v for v in values], dtype=chain_logits.dtype,
                         device=chain_logits.device)

@@ -84,7 +84,7 @@ class BBQuantizer(nn.Module):
         super().__init__()
         if kind not in ("weight", "activation"):
             raise ValueError(f"kind must be 'weight' or 'activation'; got {kind!r}")
-        self.kind, self.config, self.channels, self.dtype = kind, config, channels, dtype
+        self.kind, self.config, self.channels, self._dtype = kind, config, channels, dtype
         self.sample_options, self.det_options = _gate_settings(config)
         self.register_parameter("beta", None)
         self.register_buffer("signed_flag", torch.tensor(-1, dtype=torch.int8, device=device))
@@ -102,6 +102,14 @@ class BBQuantizer(nn.Module):
                 (channels,), float(_NP[dtype](config.prune_logit)), dtype=dtype, device=device))
         else:
             self.register_parameter("prune_logits", None)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the parameters (follows ``.double()`` / ``.to(dtype)``)."""
+        for p in (self.gate_logits, self.prune_logits, self.beta):
+            if p is not None:
+                return p.dtype
+        return self._dtype
 
     # -- range
     @property
@@ -186,7 +194,7 @@ class BBQuantizer(nn.Module):
         if self.gate_logits is None:
             return torch.tensor(_fixed_chain(self.fixed_bits))
         return gates_mod.chain_gates_eval(self.gate_logits, hard_cut=self.config.hard_cut,
-                                          gate=self.config.gate)
+                                          gate=self.config.gate, **self.det_options)
 
     @torch.no_grad()
     def kept_channels(self) -> torch.Tensor | None:
@@ -228,10 +236,15 @@ class QuantizedLayer(nn.Module):
         return w if self.weight_quantizer is None else self.weight_quantizer(w)
 
     def finish(self, y: torch.Tensor) -> torch.Tensor:
-        """ReLU, then the activation quantizer (spec §6: quantize after the nonlinearity)."""
-        if self.relu:
+        """ReLU, then the activation quantizer (spec §6: quantize after the nonlinearity).
+
+        An initialised unsigned quantizer starts with relu(x − 0), so a ReLU right before it
+        changes no value and no gradient (its mask is part of the quantizer's): it is skipped.
+        """
+        q = self.act_quantizer
+        if self.relu and (q is None or q.signed is not False):
             y = torch.relu(y)
-        return y if self.act_quantizer is None else self.act_quantizer(y)
+        return y if q is None else q(y)
 
 
 class QConv2d(QuantizedLayer):
@@ -383,7 +396,8 @@ class QLinearBN(_FoldedBN):
 
 class _MaxPool(torch.autograd.Function):
     """Non-overlapping k×k max-pooling from k² strided taps; the gradient goes to the first
-    maximum of each window in row-major order (as the reference and ``torch.max_pool2d``)."""
+    maximum of each window in row-major order (as the reference and ``torch.max_pool2d``).
+    For finite inputs (quantized activations are)."""
 
     @staticmethod
     def forward(ctx, x, k):
@@ -405,18 +419,22 @@ class _MaxPool(torch.autograd.Function):
         covered = x.shape[2] == k * ho and x.shape[3] == k * wo
         dx = torch.empty_like(x) if covered else torch.zeros_like(x)
         still_open = torch.ones_like(out)       # windows whose maximum has not been routed yet
-        hit = torch.empty_like(out)             # 0.0/1.0 masks: faster than bool on the CPU
+        hit = torch.empty_like(out)
+        # 0.0/1.0 float masks from arithmetic (out − tap ≥ 0 is 0 exactly where tap is the
+        # maximum): several times faster on the CPU than comparisons of strided taps
         for i in range(k):
             for j in range(k):
-                torch.eq(x[:, :, i:i + k * ho:k, j:j + k * wo:k], out, out=hit)
-                hit.mul_(still_open)
+                tap = x[:, :, i:i + k * ho:k, j:j + k * wo:k]
+                torch.sub(out, tap, out=hit).sign_().mul_(still_open)   # open, tap < max
+                torch.sub(still_open, hit, out=hit)                     # open, tap = max
                 torch.mul(g, hit, out=dx[:, :, i:i + k * ho:k, j:j + k * wo:k])
                 still_open.sub_(hit)
         return dx, None
 
 
 class MaxPool2d(nn.Module):
-    """k×k max-pooling with stride k (``torch.nn.MaxPool2d(k)`` semantics, ~10x faster on CPU)."""
+    """k×k max-pooling with stride k: ``torch.nn.MaxPool2d(k)`` values and gradients, faster
+    on the CPU (~1.5x for forward + backward after conv1 of LeNet-5)."""
 
     def __init__(self, kernel_size: int = 2) -> None:
         super().__init__()

@@ -131,10 +131,12 @@ class _Plan:
         tails = [rest[0] if tail0 is None else tail0] + rest[1:]
         zero = self.c_zero
         if self.clip == "official":                     # hi − relu(hi − lo − relu(x − lo))
-            torch.sub(x, self.c_lo, out=x_c)
+            if self.lo != 0:
+                x = torch.sub(x, self.c_lo, out=x_c)
+            # (unsigned: x − 0 is x exactly, one step fewer)
             if masks:
-                torch.gt(x_c, zero, out=inside)         # relu(x − lo) is active
-            x_c.relu_()
+                torch.gt(x, zero, out=inside)           # relu(x − lo) is active
+            torch.clamp_min(x, zero, out=x_c)
             torch.sub(self.c_hl, x_c, out=x_c)          # (hi − lo) − relu(x − lo)
             if masks:
                 inside.mul_(torch.gt(x_c, zero, out=mask))  # and the outer relu: below hi
