@@ -249,14 +249,20 @@ def _conv2d_fwd(x, w, *, stride=1, padding=0):
         x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     win = _windows(x, kh, kw, sh, sw)                      # (N, C, Ho, Wo, kh, kw), a view
     ho, wo = win.shape[2:4]
-    # im2col: one copy into a (C·kh·kw) × (N·Ho·Wo) matrix, then one BLAS matmul.
+    w2 = w.reshape(o, -1)                                  # (C_out, C·kh·kw)
+    if ho * wo >= c * kh * kw:
+        # Early layers (few channels, many positions): one batched matmul per image gives
+        # NCHW directly; cols is (N, C·kh·kw, Ho·Wo).
+        cols = np.ascontiguousarray(win.transpose(0, 1, 4, 5, 2, 3)).reshape(n, c * kh * kw, -1)
+        return np.matmul(w2, cols).reshape(n, o, ho, wo), cols
+    # Deep layers: im2col into one (C·kh·kw) × (N·Ho·Wo) matrix and one large matmul.
     cols = np.ascontiguousarray(win.transpose(1, 4, 5, 0, 2, 3)).reshape(c * kh * kw, -1)
-    out = (w.reshape(o, -1) @ cols).reshape(o, n, ho, wo)
+    out = (w2 @ cols).reshape(o, n, ho, wo)
     return np.ascontiguousarray(out.transpose(1, 0, 2, 3)), cols
 
 
 def _channels_first(g):
-    """(N, C, H, W) -> contiguous (C, N·H·W), the layout the weight gradient multiplies with."""
+    """(N, C, H, W) -> contiguous (C, N·H·W), the layout of the large-matmul weight gradient."""
     return np.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(g.shape[1], -1)
 
 
@@ -281,6 +287,9 @@ def _conv2d_dx(g, z, cols, x, w, *, stride=1, padding=0):
 
 
 def _conv2d_dw(g, z, cols, x, w, *, stride=1, padding=0):
+    if cols.ndim == 3:                                     # batched layout (see the forward)
+        n, o = g.shape[:2]
+        return np.matmul(g.reshape(n, o, -1), cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)
     return (_channels_first(g) @ cols.T).reshape(w.shape)
 
 
@@ -331,7 +340,7 @@ def _max_pool_vjp(g, z, s, x, *, kernel_size=2, stride=None):
             np.multiply(g, hit, out=_tap(dx, i, j, sh, sw, ho, wo))
         else:
             _tap(dx, i, j, sh, sw, ho, wo)[...] += g * hit
-        open_ &= ~hit
+        open_ ^= hit                          # hit ⊆ open_, so this is open_ & ~hit, in place
     return dx
 
 

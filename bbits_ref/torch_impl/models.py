@@ -17,6 +17,9 @@ and weights move both ways with :func:`to_reference` / :func:`from_reference` (o
   second, full-precision conv (spec §6).
 * ``LeNet5(rng=seed)`` draws its initial weights exactly as ``bbits_ref.models.lenet5(rng=seed)``
   does (NumPy, PyTorch's default init distribution), so both start from the same network.
+* For speed on the CPU, and without changing any value or gradient: max-pooling is computed
+  from strided taps (:class:`MaxPool2d`), and the ReLU before an (unsigned) activation
+  quantizer is folded into the quantizer's own clip.
 """
 from __future__ import annotations
 
@@ -38,7 +41,8 @@ from .prior import bop_regularizer, independent_regularizer
 from .quantizer import bb_quantize
 
 __all__ = ["BBQuantizer", "MaxPool2d", "QConv2d", "QLinear", "QConv2dBN", "QLinearBN", "BBNet",
-           "LeNet5", "VGG7", "state_dict_to_numpy", "load_numpy_state", "to_reference", "from_reference"]
+           "LeNet5", "VGG7", "state_dict_to_numpy", "load_numpy_state", "to_reference",
+           "from_reference"]
 
 _NP = {torch.float32: np.float32, torch.float64: np.float64}
 _TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
