@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -27,3 +28,19 @@ def keep_freed_memory() -> bool:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
         mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+
+
+def blas_override_note() -> str | None:
+    """A note when OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set, else None.
+
+    Some machines set them for old OpenBLAS builds; with the OpenBLAS that current numpy wheels
+    bundle they can make float32 matmuls many times slower (a LeNet-5 step 7x slower on the
+    development machines).  bbits_ref does not change the environment; it says so.
+    """
+    found = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    if not found:
+        return None
+    setting = " ".join(f"{k}={v}" for k, v in found.items())
+    return (f"note: {setting} is set; with a recent OpenBLAS this can make training several "
+            f"times slower. If yours is recent, run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
+            f"bbits-ref ...")

@@ -133,10 +133,13 @@ def _default_out(config) -> Path:
 
 
 def cmd_train(args) -> int:
-    from ._runtime import keep_freed_memory
+    from ._runtime import blas_override_note, keep_freed_memory
     from .train import Trainer
 
     keep_freed_memory()
+    note = blas_override_note()
+    if note:
+        print(note, file=sys.stderr)
 
     if args.resume:
         from .checkpoint import CheckpointError
