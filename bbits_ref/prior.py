@@ -26,7 +26,8 @@ from . import ops
 from .engine import Tensor, get_default_dtype
 
 __all__ = ["mac_weights", "kl_bernoulli", "autoregressive_kl", "bop_regularizer",
-           "independent_regularizer", "prior_strengths", "REG_TYPES", "PRUNED_BITS", "CHAIN_BITS"]
+           "independent_regularizer", "prior_strengths", "prior_conditionals", "chain_configurations",
+           "chain_pmf", "REG_TYPES", "PRUNED_BITS", "CHAIN_BITS"]
 
 REG_TYPES = ("bop", "const")
 PRUNED_BITS = (2, 4, 8, 16, 32)   # the gates of a weight tensor with pruning: z2, z4, …, z32
@@ -230,3 +231,42 @@ def independent_regularizer(prob_z2, chain_probs, mac_weight, *, reg_type: str =
     for c, p in zip(costs, probs):
         total = total + c * p
     return total
+
+
+# --------------------------------------------------------------------------- the prior, explicitly
+
+def prior_conditionals(lambdas) -> np.ndarray:
+    """p(z_b = 1 | parent on) = e^{−λ_b} for every gate of the chain (spec §4.1)."""
+    lam = np.asarray(lambdas, dtype=np.float64)
+    if lam.ndim != 1 or not np.all(np.isfinite(lam)) or np.any(lam < 0):
+        raise ValueError(f"lambdas must be a 1-D array of finite values ≥ 0; got {lambdas!r}")
+    return np.exp(-lam)
+
+
+def chain_configurations(n: int) -> np.ndarray:
+    """All 2^n on/off configurations of an n-gate chain, one per row (z2 first)."""
+    if not (isinstance(n, int) and 1 <= n <= 16):
+        raise ValueError(f"n must be an int between 1 and 16; got {n!r}")
+    return ((np.arange(2 ** n)[:, None] >> np.arange(n)[::-1]) & 1).astype(np.int8)
+
+
+def chain_pmf(conditionals) -> tuple[np.ndarray, np.ndarray]:
+    """The autoregressive distribution over gate configurations (spec §4.1).
+
+    ``conditionals[b]`` is the probability that gate b is on given its parent is on (the prior's
+    e^{−λ_b}, or the posterior's π_b); the first gate has no parent.  A gate whose parent is off is
+    off with probability 1, so every configuration with a 1 after a 0 has probability 0.
+
+    Returns ``(configs, probs)``: all 2^n configurations (rows) and their probabilities, which sum
+    to 1.  The only configurations with mass are the n + 1 "prefixes" (effective bit width 0, 2,
+    4, …).
+    """
+    c = np.asarray(conditionals, dtype=np.float64)
+    if c.ndim != 1 or np.any(c < 0) or np.any(c > 1) or not np.all(np.isfinite(c)):
+        raise ValueError(f"conditionals must be a 1-D array of probabilities; got {conditionals!r}")
+    configs = chain_configurations(len(c))
+    parent_on = np.concatenate([np.ones((len(configs), 1), np.int8), configs[:, :-1]], axis=1)
+    factor = np.where(parent_on == 1, np.where(configs == 1, c, 1 - c),
+                      np.where(configs == 1, 0.0, 1.0))
+    return configs, factor.prod(axis=1)
+

@@ -312,3 +312,44 @@ def test_bad_kl_and_prior_inputs():
         prior_strengths(-0.1, 1.0)
     with pytest.raises(ValueError, match="bits must be"):
         prior_strengths(0.1, 1.0, bits=(2.5, 4))
+
+
+# --------------------------------------------------------------------------- the explicit prior
+
+def test_prior_is_autoregressive_with_exp_minus_lambda_and_no_mass_below_an_off_parent():
+    from bbits_ref.prior import chain_pmf, prior_conditionals
+    lam = np.array([0.2, 0.4, 0.8, 1.6, 3.2])
+    cond = prior_conditionals(lam)
+    np.testing.assert_allclose(cond, np.exp(-lam), rtol=0)
+    configs, probs = chain_pmf(cond)
+    assert configs.shape == (32, 5) and probs.sum() == pytest.approx(1.0, abs=1e-15)
+    prefix = np.all(np.diff(configs, axis=1) <= 0, axis=1)          # 1…1 0…0
+    assert np.all(probs[~prefix] == 0.0) and prefix.sum() == 6
+    # p(z2 = 1, z4 = 1, z8 = 0) = e^{−λ2}·e^{−λ4}·(1 − e^{−λ8})
+    row = np.flatnonzero((configs == [1, 1, 0, 0, 0]).all(axis=1))[0]
+    assert probs[row] == pytest.approx(cond[0] * cond[1] * (1 - cond[2]), rel=1e-14)
+
+
+def test_exact_kl_by_enumeration_equals_the_chain_rule_closed_form():
+    # Spec §4.2: KL over all 32 configurations = Σ_b (Π_{k<b} π_k)·KL(Bern(π_b) ‖ Bern(e^{−λ_b})).
+    from bbits_ref.prior import autoregressive_kl, chain_pmf, prior_conditionals
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        pi = rng.uniform(0.05, 0.95, 5)
+        lam = rng.uniform(0.05, 3.0, 5)
+        _, q = chain_pmf(pi)
+        _, p = chain_pmf(prior_conditionals(lam))
+        on = q > 0
+        brute = float(np.sum(q[on] * np.log(q[on] / p[on])))
+        closed = float(autoregressive_kl(np.asarray(pi), lam, exact=True).data)
+        assert closed == pytest.approx(brute, rel=1e-10)
+
+
+def test_explicit_prior_rejects_bad_input():
+    from bbits_ref.prior import chain_configurations, chain_pmf, prior_conditionals
+    with pytest.raises(ValueError, match="lambdas"):
+        prior_conditionals([-1.0])
+    with pytest.raises(ValueError, match="conditionals"):
+        chain_pmf([1.5])
+    with pytest.raises(ValueError, match="n must be"):
+        chain_configurations(0)
