@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BIT_WIDTHS = (2, 4, 8, 16, 32)      # the widths a Bayesian Bits quantizer can select (spec §1)
+from .quantizer import BIT_WIDTHS   # the widths a Bayesian Bits quantizer can select (spec §1)
+
 FULL_PRECISION_BITS = 32            # the baseline: 32-bit weights and activations on every layer
 INPUT_BITS = 8                      # the network input is counted as 8-bit (spec §5)
 
@@ -163,18 +164,27 @@ def lenet5_layer_macs() -> list[tuple[str, int]]:
             ("fc2", linear_macs(512, 10))]
 
 
+def vgg7_widths(width: float = 1.0) -> tuple[int, int, int, int]:
+    """VGG-7's channel counts (128, 256, 512) and fc1 width (1024), each scaled by ``width``.
+
+    ``max(1, int(round(c * width)))``: ``width`` < 1 gives the small VGG-7s that fit a laptop.
+    """
+    width_ok = isinstance(width, numbers.Real) and not isinstance(width, bool)
+    if not width_ok or not np.isfinite(width) or width <= 0:
+        raise ValueError(f"width must be a positive number (1.0 = the paper's VGG-7); "
+                         f"got {width!r}")
+    c1, c2, c3, hidden = (max(1, int(round(c * width))) for c in (128, 256, 512, 1024))
+    return c1, c2, c3, hidden
+
+
 def vgg7_layer_macs(width: float = 1.0) -> list[tuple[str, int]]:
     """(name, MACs) of VGG-7 on 3×32×32 CIFAR-10 inputs, in network order (spec §7.2, §5.1).
 
     Six 3×3 convs with padding 1 (128, 128, pool, 256, 256, pool, 512, 512, pool), then
     fc (C·4·4)→1024 and fc 1024→10. ``width`` scales every hidden channel count and the fc1 width
-    (``max(1, int(round(c * width)))``); the 3 input channels and the 10 classes stay fixed.
+    (:func:`vgg7_widths`); the 3 input channels and the 10 classes stay fixed.
     """
-    width_ok = isinstance(width, numbers.Real) and not isinstance(width, bool)
-    if not width_ok or not np.isfinite(width) or width <= 0:
-        raise ValueError(f"width must be a positive finite number (1.0 = the paper's VGG-7); "
-                         f"got {width!r}")
-    c1, c2, c3, hidden = (max(1, int(round(c * width))) for c in (128, 256, 512, 1024))
+    c1, c2, c3, hidden = vgg7_widths(width)
     layers, hw, c_prev = [], (32, 32), 3
     for i, (c_out, pool_after) in enumerate([(c1, False), (c1, True), (c2, False), (c2, True),
                                              (c3, False), (c3, True)], start=1):

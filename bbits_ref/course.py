@@ -16,7 +16,7 @@ Every notebook that trains asks :func:`settings` how long to train::
 
 :func:`run_or_load` trains a configuration once and reloads the finished run from a cache
 directory afterwards, so re-running a full-mode notebook does not retrain.
-Notebooks: ``notebooks/00_tour.ipynb``, ``06``–``09``.
+Notebooks: ``notebooks/00_tour.ipynb``, ``06``–``08``.
 """
 from __future__ import annotations
 
@@ -204,14 +204,13 @@ def run_or_load(config, cache_dir=None, data=None, data_tag: str = "", progress:
     holds the whole history either way.
     """
     from .checkpoint import CheckpointError
-    from .train import Trainer, TrainConfig
+    from .train import Trainer, TrainConfig, train
 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a bbits_ref.train.TrainConfig; got "
                         f"{type(config).__name__}. Build one with TrainConfig(epochs=..., ...)")
     if cache_dir is None:
-        trainer = Trainer(config, data=data, progress=progress, verbose=verbose)
-        return trainer, trainer.fit()
+        return train(config, data=data, progress=progress, verbose=verbose)
     out = Path(cache_dir) / cache_key(config, data_tag)
     if (out / "summary.json").is_file():
         try:

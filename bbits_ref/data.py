@@ -14,7 +14,8 @@ directory ``$BBITS_REF_DATA`` (default ``~/.cache/bbits_ref``), which is also wh
 downloaders write (``<root>/mnist/*.gz``, ``<root>/cifar10/cifar-10-python.tar.gz``).  Nothing here
 touches the network unless you call a downloader or pass ``download=True``.
 
-The pipelines of spec §7.3, applied per minibatch (see :func:`batches`):
+The pipelines of spec §7.3, applied per minibatch of :func:`batches` (as
+:class:`bbits_ref.train.Trainer` does):
 
 * MNIST: ``ToTensor`` only, x / 255 as float32, shape (N, 1, 28, 28): :func:`normalize_mnist`;
 * CIFAR-10 training: random 32x32 crop of the image zero-padded by 4 pixels, then a horizontal
@@ -285,8 +286,8 @@ def read_idx(path: str | os.PathLike, magic: int, md5: str | None = None) -> np.
                             f"again")
     if md5 is not None:
         _check_digest(str(path), hashlib.md5(raw).hexdigest(), md5, "md5",
-                      "delete it and download it again (download_mnist), or pass verify=False "
-                      "if you know it is right")
+                      "delete it and download it again (download_mnist), or load it with "
+                      "load_mnist(..., verify=False) if you know it is right")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 

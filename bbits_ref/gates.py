@@ -113,11 +113,13 @@ class Gate:
     ``prob_nonzero(φ)`` q(z ≠ 0), the probability the regularizer uses (a Tensor);
     ``prob_zero(φ)``    q(z = 0) = 1 − prob_nonzero(φ);
     ``deterministic(φ)`` the test-time 0/1 gate (a float ndarray, no gradient);
-    ``threshold_logit()`` the φ at which the test-time decision flips.
+    ``threshold_logit()`` the φ at which the test-time decision flips;
+    ``hard_cut_logit``   the φ at or below which the hard cut switches a chain gate off (§3.5).
     """
 
     name: str = "gate"
     init_logit: float = 6.0
+    hard_cut_logit: float = HARD_CUT_LOGIT      # the official φ ≤ −2 (spec §3.5)
 
     def sample(self, logits, u) -> Tensor:
         raise NotImplementedError
@@ -133,22 +135,6 @@ class Gate:
 
     def threshold_logit(self) -> float:
         raise NotImplementedError
-
-    @property
-    def hard_cut_logit(self) -> float:
-        """Logit at or below which the hard cut switches a chain gate off (spec §3.5).
-
-        The official code cuts hard-concrete gates at φ ≤ −2, where P(z ≠ 0) = 0.401.  A gate
-        whose on-probability is sigmoid(φ) (Gumbel-softmax) is cut at the logit with that same
-        probability, −0.401403, so the rule means the same thing for both.
-        """
-        return _HC_OFFSET_FREE_CUT
-
-
-
-
-# sigmoid(this) = π_HC(−2): the hard cut expressed on the P(on) = sigmoid(φ) scale.
-_HC_OFFSET_FREE_CUT = HARD_CUT_LOGIT - HC_TEMPERATURE * math.log(-HC_GAMMA / HC_ZETA)
 
 
 class HardConcrete(Gate):
@@ -168,7 +154,6 @@ class HardConcrete(Gate):
 
     name = "hard_concrete"
     init_logit = 6.0
-    hard_cut_logit = HARD_CUT_LOGIT      # the official φ ≤ −2 (spec §3.5)
 
     def __init__(self, temperature: float = HC_TEMPERATURE, gamma: float = HC_GAMMA,
                  zeta: float = HC_ZETA, threshold: float = HC_THRESHOLD) -> None:
@@ -255,6 +240,9 @@ class GumbelSoftmax(Gate):
     """
 
     name = "gumbel_softmax"
+    # The official code cuts hard-concrete gates at φ ≤ −2, where P(z ≠ 0) = 0.401.  This gate
+    # is cut at the logit with that same on-probability, sigmoid(φ) = 0.401: φ = −0.401403.
+    hard_cut_logit = HARD_CUT_LOGIT - HC_TEMPERATURE * math.log(-HC_GAMMA / HC_ZETA)
 
     def __init__(self, temperature: float = HC_TEMPERATURE, straight_through: bool = False,
                  init_logit: float = 7.6) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -40,7 +40,6 @@ class GradCheckResult:
     max_abs_err: float
     max_rel_err: float
     method: str
-    details: list = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return self.ok

@@ -7,10 +7,9 @@ groups of the official recipe (weights, gate logits, ranges).  Notebooks:
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
+from . import bops
 from .engine import Tensor, as_tensor, no_grad
 from .nn import Flatten, MaxPool2d, Module, Parameter, as_generator
 from .qnn import BBConfig, BBQuantizer, QConv2d, QConv2dBN, QLinear, QLinearBN, QuantizedLayer
@@ -40,9 +39,8 @@ class BBNet(Module):
             if isinstance(m, QuantizedLayer):
                 shape = m.out_shape(shape)
             elif isinstance(m, MaxPool2d):
-                k = m.kernel_size
-                s = m.stride or k
-                shape = (shape[0], (shape[1] - k) // s + 1, (shape[2] - k) // s + 1)
+                stride = m.kernel_size if m.stride is None else m.stride
+                shape = (shape[0], *bops.conv_output_hw(shape[1:], m.kernel_size, stride))
             elif isinstance(m, Flatten):
                 shape = (int(np.prod(shape)),)
         self.output_shape = shape
@@ -207,15 +205,12 @@ def vgg7(width: float = 1.0, config: BBConfig | None = None, *, rng=0,
     Six 3×3 convs (128, 128, pool, 256, 256, pool, 512, 512, pool), each BN-folded with batch
     statistics correction, ReLU and an activation quantizer; fc 8192→1024 (BN-folded, ReLU,
     act q); fc 1024→10 (bias, logits full precision, weights never pruned).  ``width`` scales
-    every hidden channel count and the fc1 width (``max(1, round(c·width))``) for runs that
-    must fit a laptop; the MAC table then matches :func:`bbits_ref.bops.vgg7_layer_macs`.
+    every hidden channel count and the fc1 width (:func:`bbits_ref.bops.vgg7_widths`) for runs
+    that must fit a laptop; the MAC table then matches :func:`bbits_ref.bops.vgg7_layer_macs`.
     """
-    if (isinstance(width, bool) or not isinstance(width, numbers.Real) or not np.isfinite(width)
-            or width <= 0):
-        raise ValueError(f"width must be a positive number (1.0 = the paper's VGG-7); got {width!r}")
+    c1, c2, c3, hidden = bops.vgg7_widths(width)
     cfg = _config(config, "cifar10")
     rng = as_generator(rng)
-    c1, c2, c3, hidden = (max(1, int(round(c * width))) for c in (128, 256, 512, 1024))
     kw = dict(rng=rng, config=cfg, dtype=dtype)
     layers = [
         ("conv1", QConv2dBN(3, c1, **kw)), ("conv2", QConv2dBN(c1, c1, **kw)),

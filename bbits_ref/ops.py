@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .engine import Tensor, apply, register, ste_round
+from .engine import Tensor, register, ste_round
 
 # --------------------------------------------------------------------------- elementwise
 

@@ -20,6 +20,7 @@ Notebook: ``notebooks/06_lenet5_mnist.ipynb``.
 """
 from __future__ import annotations
 
+import io
 import numbers
 import os
 import warnings
@@ -28,6 +29,8 @@ from typing import NamedTuple
 
 import numpy as np
 from matplotlib.lines import Line2D
+
+from .checkpoint import atomic_write_bytes
 
 __all__ = ["GATE_BITS", "plot_gate_probabilities", "plot_bit_widths", "plot_bops_accuracy",
            "plot_kept_channels", "plot_training_curves", "plot_pareto", "pareto_front",
@@ -278,11 +281,12 @@ def plot_kept_channels(history, ax=None) -> list:
     records = _check_history(history)
     ax = _new_ax(ax)
     pruned = [n for n, q in records[0]["quantizers"].items() if q.get("channels") is not None]
+    epoch = _scalar(records, "epoch")
     lines = []
     for qi, name in enumerate(pruned):
         kept = _column(records, name, "kept") / _column(records, name, "channels")
         layer = name[:-len(".weight_quantizer")] if name.endswith(".weight_quantizer") else name
-        line, = ax.plot(_scalar(records, "epoch"), kept, color=f"C{qi % 10}", label=layer)
+        line, = ax.plot(epoch, kept, color=f"C{qi % 10}", label=layer)
         lines.append(line)
     if lines:
         ax.legend(fontsize="x-small", loc="lower left")
@@ -430,21 +434,16 @@ def _figure():
 
 
 def _write_figures(figures, out_dir, dpi) -> list:
-    """Save {filename: Figure} as PNGs atomically (temp name in the same directory, replace)."""
+    """Save {filename: Figure} as PNGs, each written atomically (readers never see half a PNG)."""
     if not isinstance(dpi, numbers.Real) or not dpi > 0:
         raise ValueError(f"dpi must be a positive number, got {dpi!r}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = []
     for fname, fig in figures.items():
-        path = out / fname
-        tmp = out / f".{fname}.{os.getpid()}.tmp"
-        try:
-            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-            os.replace(tmp, path)          # readers never see a half-written PNG
-        finally:
-            tmp.unlink(missing_ok=True)
-        paths.append(path)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=dpi, bbox_inches="tight")
+        atomic_write_bytes(out / fname, png.getvalue())
+        paths.append(out / fname)
     return paths
 
 

@@ -24,14 +24,15 @@ import numpy as np
 
 from . import ops
 from .engine import Tensor, get_default_dtype
+from .gates import CHAIN_BITS      # (4, 8, 16, 32): the scalar gates of every quantizer
+from .quantizer import BIT_WIDTHS
 
 __all__ = ["mac_weights", "kl_bernoulli", "autoregressive_kl", "bop_regularizer",
            "independent_regularizer", "prior_strengths", "prior_conditionals", "chain_configurations",
            "chain_pmf", "REG_TYPES", "PRUNED_BITS", "CHAIN_BITS"]
 
 REG_TYPES = ("bop", "const")
-PRUNED_BITS = (2, 4, 8, 16, 32)   # the gates of a weight tensor with pruning: z2, z4, …, z32
-CHAIN_BITS = (4, 8, 16, 32)       # the scalar gates of every quantizer
+PRUNED_BITS = BIT_WIDTHS          # the gates of a weight tensor with pruning: z2, z4, …, z32
 
 
 # --------------------------------------------------------------------------- input handling

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from . import bops, ops, prior
 from . import gates as gates_mod
-from . import ops, prior
 from .engine import Tensor
-from .nn import BatchNorm1d, BatchNorm2d, Module, Parameter, as_generator
-from .quantizer import BIT_WIDTHS, bb_quantize, check_bits, init_range
+from .nn import BatchNorm1d, BatchNorm2d, Conv2d, Linear, Module, Parameter, as_generator
+from .quantizer import CLIP_MODES, bb_quantize, check_bits, gates_for_bits, init_range
 
 __all__ = ["BBConfig", "GATE_PRESETS", "BBQuantizer", "QConv2d", "QLinear", "QConv2dBN",
            "QLinearBN", "QuantizedLayer"]
@@ -88,9 +88,9 @@ class BBConfig:
                              f"{self.chain_init!r}")
         if self.prior not in PRIOR_KINDS:
             raise ValueError(f"prior must be one of {PRIOR_KINDS}; got {self.prior!r}")
-        if self.reg_type not in ("bop", "const"):
+        if self.reg_type not in prior.REG_TYPES:
             raise ValueError(f"reg_type must be 'bop' or 'const'; got {self.reg_type!r}")
-        if self.clip not in ("official", "numpy"):
+        if self.clip not in CLIP_MODES:
             raise ValueError(f"clip must be 'official' or 'numpy'; got {self.clip!r}")
         if self.quantize and not self.learn_bits:
             for name in ("weight_bits", "act_bits"):
@@ -114,8 +114,7 @@ class BBConfig:
     def _logit_shift(self) -> float:
         if self.gate != "gumbel_softmax":
             return 0.0
-        hc = gates_mod.HardConcrete()
-        return -hc.temperature * float(np.log(-hc.gamma / hc.zeta))   # +1.598597
+        return -gates_mod.HardConcrete().prob_offset                   # +1.598597
 
     def with_(self, **changes) -> "BBConfig":
         """A copy with some fields changed."""
@@ -124,8 +123,7 @@ class BBConfig:
 
 def _fixed_chain(bits: int) -> np.ndarray:
     """0/1 chain gates (z4, z8, z16, z32) that select ``bits`` (spec §2.7)."""
-    check_bits(bits)
-    return np.array([float(bits >= b) for b in BIT_WIDTHS[1:]])
+    return np.array(gates_for_bits(bits))
 
 
 class BBQuantizer(Module):
@@ -257,8 +255,7 @@ class BBQuantizer(Module):
             return _fixed_chain(self.fixed_bits)
         vals = gates_mod.chain_gates(self.gate, self.gate_logits, None, training=False,
                                      hard_cut=self.config.hard_cut)
-        return np.array([0.0 if v is None else float(np.asarray(getattr(v, "data", v)))
-                         for v in vals])
+        return np.array([0.0 if v is None else v for v in vals])   # eval gates are floats
 
     def kept_channels(self) -> np.ndarray | None:
         """Boolean mask of the output channels whose test-time z2 is 1 (None: no pruning gate)."""
@@ -304,10 +301,8 @@ class QConv2d(QuantizedLayer):
                  config: BBConfig, relu=True, act_quant=True, prune=True, bias=True,
                  dtype=np.float32) -> None:
         super().__init__()
-        rng = as_generator(rng)
-        from .nn import Conv2d
-        conv = Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias, rng=rng,
-                      dtype=dtype)
+        conv = Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias,
+                      rng=as_generator(rng), dtype=dtype)
         self.weight, self.bias = conv.weight, conv.bias
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = conv.kernel_size, stride, padding
@@ -316,12 +311,9 @@ class QConv2d(QuantizedLayer):
 
     def out_shape(self, in_shape: tuple) -> tuple:
         """(C, H, W) → (C_out, H_out, W_out); also records the layer's MACs (spec §4.4)."""
-        kh, kw = self.kernel_size
-        s, p = self.stride, self.padding
-        h = (in_shape[1] + 2 * p - kh) // s + 1
-        w = (in_shape[2] + 2 * p - kw) // s + 1
-        self.macs = int(self.out_channels * h * w * kh * kw * in_shape[0])
-        return (self.out_channels, h, w)
+        hw = bops.conv_output_hw(in_shape[1:], self.kernel_size, self.stride, self.padding)
+        self.macs = bops.conv_macs(in_shape[0], self.out_channels, self.kernel_size, hw)
+        return (self.out_channels, *hw)
 
     def forward(self, x: Tensor) -> Tensor:
         y = ops.conv2d(x, self.quantize_weight(self.weight), stride=self.stride,
@@ -340,7 +332,6 @@ class QLinear(QuantizedLayer):
     def __init__(self, in_features, out_features, *, rng, config: BBConfig, relu=True,
                  act_quant=True, prune=True, bias=True, dtype=np.float32) -> None:
         super().__init__()
-        from .nn import Linear
         lin = Linear(in_features, out_features, bias, rng=as_generator(rng), dtype=dtype)
         self.weight, self.bias = lin.weight, lin.bias
         self.in_features, self.out_features = in_features, out_features
@@ -348,7 +339,8 @@ class QLinear(QuantizedLayer):
         self._make_quantizers(out_features, config, prune, act_quant, dtype)
 
     def out_shape(self, in_shape: tuple) -> tuple:
-        self.macs = int(self.in_features * self.out_features)
+        """(in_features,) → (out_features,); also records the layer's MACs (spec §4.4)."""
+        self.macs = bops.linear_macs(self.in_features, self.out_features)
         return (self.out_features,)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -403,7 +395,6 @@ class QConv2dBN(_FoldedBN):
                  config: BBConfig, relu=True, act_quant=True, prune=True,
                  dtype=np.float32) -> None:
         super().__init__()
-        from .nn import Conv2d
         conv = Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False,
                       rng=as_generator(rng), dtype=dtype)
         self.weight = conv.weight
@@ -431,7 +422,6 @@ class QLinearBN(_FoldedBN):
     def __init__(self, in_features, out_features, *, rng, config: BBConfig, relu=True,
                  act_quant=True, prune=True, dtype=np.float32) -> None:
         super().__init__()
-        from .nn import Linear
         lin = Linear(in_features, out_features, bias=False, rng=as_generator(rng), dtype=dtype)
         self.weight = lin.weight
         self.in_features, self.out_features = in_features, out_features

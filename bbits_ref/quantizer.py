@@ -194,31 +194,32 @@ def _residuals(x_c: np.ndarray, steps, depth: int, round_fn) -> list:
     return parts
 
 
+def _clipped(x, beta, signed: bool, clip: str) -> tuple[np.ndarray, tuple]:
+    """``(x_c, steps)`` for the NumPy helpers below, in x's float dtype."""
+    _check_clip(clip)
+    _check_beta(beta)
+    arr = _float_array(x)
+    beta = _scalar(beta, arr.dtype)
+    x_c, _ = _clip(arr, *clip_range(beta, signed), clip)
+    return x_c, step_sizes(beta, signed)
+
+
 def decompose(x, beta, signed: bool, clip: str = "official") -> dict:
     """The ungated decomposition of spec §2.4 as NumPy arrays (plain rounding, no gradients).
 
     Returns ``{"x_c", "A2", "e4", "e8", "e16", "e32"}``: ``A2 + e4 + … + e_b`` is the b-bit
     quantization of ``x`` (spec §2.4: equal to ``s_b·round(x_c/s_b)`` except at exact ties).
     """
-    _check_clip(clip)
-    _check_beta(beta)
-    arr = _float_array(x)
-    lo, hi = clip_range(_scalar(beta, arr.dtype), signed)
-    x_c, _ = _clip(arr, lo, hi, clip)
-    parts = _residuals(x_c, step_sizes(_scalar(beta, arr.dtype), signed), 4, np.round)
+    x_c, steps = _clipped(x, beta, signed, clip)
+    parts = _residuals(x_c, steps, 4, np.round)
     return dict(x_c=x_c, **dict(zip(("A2", "e4", "e8", "e16", "e32"), parts)))
 
 
 def quantize_direct(x, beta, bits: int, signed: bool, clip: str = "official") -> np.ndarray:
     """A plain b-bit grid quantizer on the same range: ``s_b·round(x_c/s_b)`` (spec §2.3, §2.7)."""
     index = BIT_WIDTHS.index(check_bits(bits))
-    _check_clip(clip)
-    _check_beta(beta)
-    arr = _float_array(x)
-    lo, hi = clip_range(_scalar(beta, arr.dtype), signed)
-    x_c, _ = _clip(arr, lo, hi, clip)
-    step = step_sizes(_scalar(beta, arr.dtype), signed)[index]
-    return step * np.round(x_c / step)
+    x_c, steps = _clipped(x, beta, signed, clip)
+    return steps[index] * np.round(x_c / steps[index])
 
 
 def gates_for_bits(bits: int) -> tuple:

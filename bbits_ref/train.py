@@ -6,9 +6,10 @@ then linearly decayed to 0 over the last third of the epochs, μ = 0.1, batch 12
 gate preset, and evaluation with deterministic gates after every epoch.
 
 Randomness comes from one seed, split with ``numpy.random.SeedSequence`` into three streams —
-initialisation, data order (and augmentation), gate noise — whose states are saved in every
-checkpoint, so an interrupted run resumed from its last checkpoint finishes bit for bit like an
-uninterrupted one.  Notebook: ``notebooks/06_lenet5_mnist.ipynb``.
+initialisation, data order (and augmentation), gate noise.  The states of the last two are
+saved in every checkpoint (the weights carry the first), so an interrupted run resumed from its
+last checkpoint finishes bit for bit like an uninterrupted one.
+Notebook: ``notebooks/06_lenet5_mnist.ipynb``.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import numpy as np
 from . import ops
 from .checkpoint import (CheckpointError, load_checkpoint, restore_rng, rng_state,
                          save_checkpoint, write_json)
+from .data import Dataset, augment_cifar, batches, load_dataset
 from .engine import no_grad
 from .models import BBNet, lenet5, vgg7
 from .optim import Adam, linear_decay_last_third
@@ -33,10 +35,12 @@ __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train", "build_model",
            "PRESETS"]
 
 DATASET_PRESETS = {"mnist-small": "mnist", "mnist": "mnist", "cifar10": "cifar10"}
+#: Epochs of the official recipe (spec §7.3): LeNet-5/MNIST 100, VGG-7/CIFAR-10 300.
+OFFICIAL_EPOCHS = {"mnist-small": 100, "mnist": 100, "cifar10": 300}
 
 #: Named settings on top of :class:`TrainConfig`'s official defaults.
 PRESETS = {
-    "official": {},                                   # spec §7.3 (MNIST: 100 epochs)
+    "official": {},                                   # spec §7.3
     "quick": {"epochs": 15, "lr_gates": 1e-2},        # minutes on the embedded subset
 }
 
@@ -58,7 +62,7 @@ class TrainConfig:
     dataset: str = "mnist-small"        # "mnist-small" (embedded) | "mnist" | "cifar10"
     model: str = "lenet5"               # "lenet5" | "vgg7"
     width: float = 1.0                  # VGG-7 width multiplier
-    epochs: int = 100
+    epochs: int | None = None           # None: the dataset's official count (OFFICIAL_EPOCHS)
     batch_size: int = 128
     mu: float = 0.1
     lr_weights: float = 1e-3
@@ -89,6 +93,8 @@ class TrainConfig:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.epochs is None and self.dataset in OFFICIAL_EPOCHS:
+            self.epochs = OFFICIAL_EPOCHS[self.dataset]
         if self.dataset not in DATASET_PRESETS:
             raise ValueError(f"dataset must be one of {sorted(DATASET_PRESETS)}; got {self.dataset!r}")
         if self.model not in ("lenet5", "vgg7"):
@@ -153,13 +159,11 @@ def history_record(model: BBNet, **scalars) -> dict:
 
 def _load_data(config: TrainConfig):
     """The config's dataset (raw uint8 images, spec §7.3)."""
-    from . import data
-    return data.load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+    return load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
 
 
 def _limit(data, config: TrainConfig):
     """``data`` cut to the config's ``train_limit`` / ``test_limit`` (a Dataset or a 4-tuple)."""
-    from .data import Dataset
     if not (config.train_limit or config.test_limit):
         return data
     tr, te = slice(config.train_limit), slice(config.test_limit)
@@ -193,16 +197,13 @@ class Trainer:
         init_seq, data_seq, noise_seq = np.random.SeedSequence(config.seed).spawn(3)
         self.data_rng = np.random.default_rng(data_seq)
         self.noise_rng = np.random.default_rng(noise_seq)
-        from .data import Dataset
         data = _limit(_load_data(config) if data is None else data, config)
         dtype = np.dtype(config.dtype)
         if isinstance(data, Dataset):
-            self.dataset_name = data.name
             self.x_train, self.y_train = data.x_train, data.y_train
             self._normalize = lambda x: data.normalize(x).astype(dtype, copy=False)
             x_test, self.y_test = data.x_test, data.y_test
         else:
-            self.dataset_name = config.dataset
             self.x_train, self.y_train, x_test, self.y_test = data
             self._normalize = lambda x: np.asarray(x, dtype=dtype)
         if len(self.x_train) < 2:
@@ -257,18 +258,14 @@ class Trainer:
         self._set_phase()
         mu = 0.0 if self.epoch >= c.epochs else c.mu
         self.model.train()
-        n = len(self.x_train)
-        order = self.data_rng.permutation(n)
-        n_batches = math.ceil(n / c.batch_size)
+        n_batches = math.ceil(len(self.x_train) / c.batch_size)
         bar = self._bar(n_batches, f"epoch {self.epoch + 1}/{self.total_epochs}")
         correct = seen = 0
         ce_sum = 0.0
-        augment = None
-        if self._augment():
-            from .data import augment_cifar as augment
-        for b in range(n_batches):
-            idx = order[b * c.batch_size:(b + 1) * c.batch_size]
-            xb, yb = self.x_train[idx], self.y_train[idx]
+        augment = augment_cifar if self._augment() else None
+        # one shuffled pass; the permutation is drawn here, before any augmentation noise
+        epoch_batches = batches(self.x_train, self.y_train, c.batch_size, self.data_rng)
+        for b, (xb, yb) in enumerate(epoch_batches):
             if augment is not None:
                 xb = augment(xb, self.data_rng)       # on raw uint8 pixels, as torchvision
             xb = self._normalize(xb)
@@ -290,9 +287,11 @@ class Trainer:
             bar.close()
         self.epoch += 1
         test_acc = self.evaluate()
+        with no_grad():
+            reg = float(self.model.regularizer().data)
         rec = history_record(self.model, kind="epoch", step=self.step, epoch=self.epoch,
-                             ce=ce_sum / seen, reg=float(self.model.regularizer().data),
-                             train_acc=correct / seen, test_acc=test_acc)
+                             ce=ce_sum / seen, reg=reg, train_acc=correct / seen,
+                             test_acc=test_acc)
         self.history.append(rec)
         return rec
 
@@ -405,7 +404,6 @@ class Trainer:
         """Rebuild a trainer from ``checkpoint.npz`` (or a run directory) and continue."""
         path = Path(path)
         if path.is_dir():
-            out_dir = path if out_dir is None else out_dir
             path = path / "checkpoint.npz"
         model_state, optim_state, meta = load_checkpoint(path)
         missing = [k for k in ("config", "rng", "epoch", "step", "history") if k not in meta]
@@ -428,8 +426,7 @@ class Trainer:
 def train(config: TrainConfig | None = None, out_dir=None, data=None, progress: bool = True,
           verbose: bool = True, **overrides) -> tuple[Trainer, dict]:
     """Train a model in one call: ``trainer, summary = train(epochs=3, mu=0.1)``."""
-    config = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (
-        config or TrainConfig())
+    config = dataclasses.replace(config or TrainConfig(), **overrides)
     trainer = Trainer(config, out_dir=out_dir, data=data, progress=progress, verbose=verbose)
     return trainer, trainer.fit()
 

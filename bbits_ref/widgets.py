@@ -432,7 +432,7 @@ class GateExplorer(Explorer):
 
     def _compute(self) -> dict:
         gate, phi = self.gate(), np.float64(self.controls["logit"].value)
-        z = self.samples()
+        z = self._samples = self.samples()          # _draw plots these same samples
         hard = isinstance(gate, gates.HardConcrete)
         # the official visit of the chain (spec §3.5): a first gate that comes back as None is cut
         chain = gates.chain_gates(gate, np.array([phi, 6.0, 6.0, 6.0]), None, training=False)
@@ -473,7 +473,7 @@ class GateExplorer(Explorer):
                 + f"hard cut (φ ≤ {gates.HARD_CUT_LOGIT:g}): {cut}")
 
     def _draw(self, fig) -> None:
-        s, gate, z = self.state, self.gate(), self.samples()
+        s, gate, z = self.state, self.gate(), self._samples
         ax = fig.subplots()
         interior = z[(z > 0) & (z < 1)]
         bins = np.linspace(0.0, 1.0, 41)
@@ -612,11 +612,12 @@ class BopsExplorer(Explorer):
         if model not in self.MODELS:
             raise ValueError(f"model must be one of {self.MODELS}; got {model!r}")
         width = _check_in_range("width", width, 0.125, 1.0, "VGG-7's width multiplier")
-        for name, bits in (("w_bits", w_bits), ("a_bits", a_bits)):
+        for bits in (w_bits, a_bits):
             quantizer.check_bits(bits)
+        uniform_bits = (1,) + bops.BIT_WIDTHS        # 1 bit: the binary rows of spec §5.1
         for name, bits in (("uniform_w", uniform_w), ("uniform_a", uniform_a)):
-            if bits not in (1,) + bops.BIT_WIDTHS:
-                raise ValueError(f"{name} must be one of {(1,) + bops.BIT_WIDTHS}; got {bits!r}")
+            if bits not in uniform_bits:
+                raise ValueError(f"{name} must be one of {uniform_bits}; got {bits!r}")
         self._defaults = (int(w_bits), int(a_bits))
         self.config: dict = {}
         controls = {
@@ -632,9 +633,9 @@ class BopsExplorer(Explorer):
                                               description="output act bits"),
             "keep": widgets.FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05,
                                         description="keep", continuous_update=False),
-            "uniform_w": widgets.SelectionSlider(options=[1, 2, 4, 8, 16, 32], value=uniform_w,
+            "uniform_w": widgets.SelectionSlider(options=list(uniform_bits), value=uniform_w,
                                                  description="uniform w"),
-            "uniform_a": widgets.SelectionSlider(options=[1, 2, 4, 8, 16, 32], value=uniform_a,
+            "uniform_a": widgets.SelectionSlider(options=list(uniform_bits), value=uniform_a,
                                                  description="uniform a"),
         }
         super().__init__(controls, plot=plot, title="BOPs per layer (spec §5)")

@@ -21,7 +21,7 @@ import contextlib
 import numpy as np
 
 from .. import quantizer
-from ..gates import HardConcrete, chain_gates
+from ..gates import HardConcrete
 from .reference import ReferenceAdapter
 
 __all__ = ["WrongDenominator", "HalfThreshold", "OwnNoise", "NoStraightThrough", "MUTANTS"]
@@ -41,11 +41,9 @@ def _step_divisors(divisors):
 class WrongDenominator(ReferenceAdapter):
     """s4 = s2/3, s8 = s4/15, s16 = s8/255, s32 = s16/65535: denominators 2^b − 1."""
 
-    name = "mutant: denominator 2^b - 1"
-
     def __init__(self) -> None:
         super().__init__()
-        self.name = WrongDenominator.name
+        self.name = "mutant: denominator 2^b - 1"
 
     def quantize(self, *args, **kwargs):
         with _step_divisors((3, 15, 255, 65535)):
@@ -63,15 +61,10 @@ class HalfThreshold(ReferenceAdapter):
         super().__init__()
         self.name = "mutant: test threshold 0.5"
 
-    def deterministic_gates(self, logits, *, gate: str):
-        if gate != "hard_concrete":
-            return super().deterministic_gates(logits, gate=gate)
-        return HardConcrete(threshold=0.5).deterministic(np.asarray(logits, dtype=np.float64))
-
-    def chain_gates_eval(self, chain_logits, *, hard_cut: bool):
-        gates = chain_gates(HardConcrete(threshold=0.5), np.asarray(chain_logits, np.float64),
-                            None, training=False, hard_cut=hard_cut)
-        return np.array([0.0 if z is None else float(z) for z in gates])
+    def _test_time_gate(self, kind: str):
+        if kind == "hard_concrete":
+            return HardConcrete(threshold=0.5)
+        return super()._test_time_gate(kind)
 
 
 class OwnNoise(ReferenceAdapter):

@@ -67,6 +67,11 @@ class ReferenceAdapter:
     def _tensor(self, a, requires_grad: bool = True) -> Tensor:
         return Tensor(np.asarray(a, dtype=self.dtype), requires_grad=requires_grad)
 
+    def _test_time_gate(self, kind: str):
+        """The gate object whose test-time rule ``deterministic_gates``/``chain_gates_eval`` use
+        (a hook: the half-threshold mutant swaps it)."""
+        return make_gate(kind)
+
     # -- spec §2: the quantizer
     def quantize(self, x, beta, z2, z4, z8, z16, z32, *, signed: bool, grad_out) -> dict:
         """x_q and its STE gradients (spec §2.2–2.6); a gate that is exactly 0 gets gradient 0."""
@@ -105,12 +110,13 @@ class ReferenceAdapter:
 
     def deterministic_gates(self, logits, *, gate: str) -> np.ndarray:
         """Test-time 0/1 gates: 1[P(z = 0) < 0.34] (§3.4) or 1[φ > 0] (§3.7)."""
-        return _out(make_gate(gate).deterministic(np.asarray(logits, dtype=self.dtype)))
+        return _out(self._test_time_gate(gate).deterministic(np.asarray(logits, dtype=self.dtype)))
 
     def chain_gates_eval(self, chain_logits, *, hard_cut: bool) -> np.ndarray:
         """Test-time (z4, z8, z16, z32): the chain stops at the first 0 gate (spec §3.4–3.5)."""
-        gates = chain_gates(HardConcrete(), self._tensor(chain_logits, False), None,
-                            training=False, hard_cut=bool(hard_cut))
+        gates = chain_gates(self._test_time_gate("hard_concrete"),
+                            self._tensor(chain_logits, False), None, training=False,
+                            hard_cut=bool(hard_cut))
         return np.array([0.0 if z is None else float(z) for z in gates])
 
     # -- spec §4: the regularizer

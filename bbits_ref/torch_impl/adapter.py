@@ -96,9 +96,7 @@ class TorchAdapter:
         chain = _t(chain_logits, True)
         value = _prior.regularizer(prune, chain, float(mac_weight), prior=prior,
                                    reg_type=reg_type)
-        if isinstance(value, torch.Tensor) and value.requires_grad:
-            value.backward()
-        value = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+        value.backward()
         return {"value": _np(value), "grad_prune_logits": _grad(prune),
                 "grad_chain_logits": _grad(chain)}
 

@@ -34,7 +34,7 @@ from torch.autograd.function import once_differentiable
 from .. import models as _ref_models
 from ..nn import as_generator
 from ..qnn import BBConfig
-from ..quantizer import BIT_WIDTHS, check_bits
+from ..quantizer import gates_for_bits
 from . import bops as _bops
 from . import gates as gates_mod
 from .prior import bop_regularizer, independent_regularizer
@@ -46,12 +46,6 @@ __all__ = ["BBQuantizer", "MaxPool2d", "QConv2d", "QLinear", "QConv2dBN", "QLine
 
 _NP = {torch.float32: np.float32, torch.float64: np.float64}
 _TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
-
-
-def _fixed_chain(bits: int) -> list:
-    """0/1 chain gates (z4, z8, z16, z32) that select ``bits`` (spec §2.7)."""
-    check_bits(bits)
-    return [float(bits >= b) for b in BIT_WIDTHS[1:]]
 
 
 def _gate_settings(config: BBConfig) -> tuple[dict, dict]:
@@ -157,7 +151,7 @@ class BBQuantizer(nn.Module):
                                    **self.sample_options) if sample else
                   gates_mod.deterministic_gates(self.prune_logits, gate=gate, **self.det_options))
         if self.gate_logits is None:
-            chain = [v or None for v in _fixed_chain(self.fixed_bits)]
+            chain = [v or None for v in gates_for_bits(self.fixed_bits)]
         elif sample:
             chain = gates_mod.chain_gates(self.gate_logits, self._noise("chain"), training=True,
                                           hard_cut=self.config.hard_cut, gate=gate,
@@ -175,7 +169,7 @@ class BBQuantizer(nn.Module):
     # -- prior
     def chain_probs(self) -> torch.Tensor:
         if self.gate_logits is None:
-            return torch.tensor(_fixed_chain(self.fixed_bits), dtype=self.dtype,
+            return torch.tensor(gates_for_bits(self.fixed_bits), dtype=self.dtype,
                                 device=self.signed_flag.device)
         return gates_mod.prob_nonzero(self.gate_logits, gate=self.config.gate)
 
@@ -196,7 +190,7 @@ class BBQuantizer(nn.Module):
     def deterministic_chain(self) -> torch.Tensor:
         """Test-time (z4, z8, z16, z32) as 0/1, hard cut applied (spec §3.4–3.5)."""
         if self.gate_logits is None:
-            return torch.tensor(_fixed_chain(self.fixed_bits))
+            return torch.tensor(gates_for_bits(self.fixed_bits))
         return gates_mod.chain_gates_eval(self.gate_logits, hard_cut=self.config.hard_cut,
                                           gate=self.config.gate, **self.det_options)
 
