@@ -134,7 +134,7 @@ def test_default_flags_use_the_quick_preset_on_embedded_data_and_official_elsewh
     assert (quick.epochs, quick.lr_weights, quick.lr_gates, quick.lr_ranges) == (15, 1e-3, 1e-2, 1e-3)
     assert config_of("--preset", "official") == TrainConfig()
     cifar = config_of("--dataset", "cifar10")
-    assert (cifar.model, cifar.epochs, cifar.lr_gates) == ("vgg7", 100, 1e-3)
+    assert (cifar.model, cifar.epochs, cifar.lr_gates) == ("vgg7", 300, 1e-3)   # spec §7.3
     assert cifar.bb_config().chain_logits.tolist() == [6.0] * 4
 
 

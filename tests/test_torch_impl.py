@@ -628,3 +628,17 @@ def test_adapter_passes_the_conformance_suite(tmp_path):
     report = conformance.check(tmp_path / "suite", torch_adapter)
     assert report.ok, str(report)
     assert not report.skipped, report.skipped
+
+
+def test_chain_hard_cut_matches_the_reference_for_both_gate_kinds():
+    # The reference cuts Gumbel-softmax gates at the logit with the official cut's on-probability
+    # (−0.4014), hard-concrete ones at −2; the fast implementation must agree in training and eval.
+    from bbits_ref import gates as ref_gates
+    from bbits_ref.torch_impl import gates as tg
+    u = np.full(4, 0.5)
+    for kind, phi in [("gumbel_softmax", -1.0), ("gumbel_softmax", -0.3), ("hard_concrete", -1.0),
+                      ("hard_concrete", -2.0)]:
+        logits = np.array([3.0, phi, 3.0, 3.0])
+        ref = ref_gates.chain_gates(ref_gates.make_gate(kind), logits, u, training=True)
+        fast = tg.chain_gates(torch.tensor(logits), torch.tensor(u), training=True, gate=kind)
+        assert [g is None for g in ref] == [g is None for g in fast], (kind, phi)

@@ -218,9 +218,10 @@ def chain_gates(chain_logits: torch.Tensor, u=None, *, training: bool, hard_cut:
         samples = sample(chain_logits, u, gate=gate, generator=generator, **options)
     else:
         values = deterministic_gates(chain_logits, gate=gate, threshold=threshold).tolist()
+    cut = _ref.make_gate(gate).hard_cut_logit   # −2 for hard concrete, same P(on) for Gumbel
     gates: list = [None] * 4
     for i in range(4):                 # each gate depends on whether the previous one was cut
-        if hard_cut and phis[i] <= HARD_CUT_LOGIT:
+        if hard_cut and phis[i] <= cut:
             break
         if training:
             gates[i] = samples[i]
