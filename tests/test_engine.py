@@ -6,7 +6,6 @@ engine-level unbroadcast, dtype rules) and that bad input is refused with a clea
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 
 import autograd
@@ -14,7 +13,7 @@ import autograd.numpy as anp
 import numpy as np
 import pytest
 
-from oracles import import_all_primitives
+from oracles import import_all_primitives, temporary_primitive
 
 import_all_primitives()
 
@@ -24,15 +23,6 @@ from bbits_ref.engine import (PRIMITIVES, Tensor, default_dtype, get_default_dty
 from bbits_ref.gradcheck import make_case  # noqa: E402
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
-
-
-@contextlib.contextmanager
-def temporary_primitive(name, *args, **kwargs):
-    """Register a primitive for one test and always remove it again."""
-    try:
-        yield register(name, *args, **kwargs)
-    finally:
-        PRIMITIVES.pop(name, None)
 
 
 def leaf(values, dtype=np.float64):

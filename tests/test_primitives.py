@@ -12,7 +12,6 @@ New primitives are picked up automatically: the tests are parametrized over ``PR
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oracles import collect_oracles, import_all_primitives
+from oracles import collect_oracles, import_all_primitives, temporary_primitive
 
 import_all_primitives()  # before the names are collected, so other modules' primitives count
 
@@ -42,15 +41,6 @@ per_primitive = settings(max_examples=_EXAMPLES, deadline=None)
 
 shapes = st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple)
 seeds = st.integers(0, 2**32 - 1)
-
-
-@contextlib.contextmanager
-def temporary_primitive(name, *args, **kwargs):
-    """Register a primitive for one test and always remove it again."""
-    try:
-        yield register(name, *args, **kwargs)
-    finally:
-        PRIMITIVES.pop(name, None)
 
 
 # --------------------------------------------------------------------------- helpers

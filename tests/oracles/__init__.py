@@ -7,6 +7,7 @@ quantizer) adds its own module with an ``ORACLES`` dict; :func:`collect_oracles`
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
 
@@ -37,3 +38,13 @@ def collect_oracles() -> dict:
                                  f"{info.name}; keep one")
             merged[name], owner[name] = fn, info.name
     return merged
+
+
+@contextlib.contextmanager
+def temporary_primitive(name, *args, **kwargs):
+    """Register a primitive for one test and always remove it again."""
+    from bbits_ref.engine import PRIMITIVES, register
+    try:
+        yield register(name, *args, **kwargs)
+    finally:
+        PRIMITIVES.pop(name, None)
