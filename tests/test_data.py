@@ -9,7 +9,6 @@ import hashlib
 import importlib.util
 import inspect
 import pickle
-import tarfile
 import zipfile
 from pathlib import Path
 

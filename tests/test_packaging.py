@@ -123,7 +123,7 @@ def test_environment_yml_lists_the_same_packages_and_bounds_as_pyproject():
 
 
 def test_environment_yml_uses_conda_forge_python_311_and_installs_the_package():
-    env, (conda, pip) = environment(), conda_requirements()
+    env, (_, pip) = environment(), conda_requirements()
     assert env["channels"] == ["conda-forge"]
     assert "python>=3.11" in env["dependencies"]
     assert pip == ["-e .[notebooks,test]"]

@@ -28,7 +28,7 @@ from oracles import collect_oracles, import_all_primitives, temporary_primitive
 import_all_primitives()  # before the names are collected, so other modules' primitives count
 
 from bbits_ref import gradcheck, ops  # noqa: E402
-from bbits_ref.engine import PRIMITIVES, Tensor, register  # noqa: E402
+from bbits_ref.engine import PRIMITIVES, Tensor  # noqa: E402
 from bbits_ref.gradcheck import check_grads, make_case  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
