@@ -39,7 +39,8 @@ def blas_info() -> dict:
             "threads": os.cpu_count()}
 
 
-def median_ms(fn, repeats: int, warmup: int = 3) -> float:
+def wall_times(fn, repeats: int, warmup: int = 3) -> list[float]:
+    """Wall time of each of ``repeats`` calls of ``fn()``, in seconds, after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -47,7 +48,11 @@ def median_ms(fn, repeats: int, warmup: int = 3) -> float:
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return 1000.0 * float(np.median(times))
+    return times
+
+
+def median_ms(fn, repeats: int, warmup: int = 3) -> float:
+    return 1000.0 * float(np.median(wall_times(fn, repeats, warmup)))
 
 
 def machine() -> dict:

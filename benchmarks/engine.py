@@ -19,7 +19,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -32,6 +31,9 @@ from bbits_ref import nn, ops  # noqa: E402
 from bbits_ref.engine import Tensor, no_grad  # noqa: E402
 from bbits_ref.optim import Adam  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import clean_blas_env, wall_times  # noqa: E402
+
 BATCH = 128
 CONV_INPUT, CONV_WEIGHT = (BATCH, 32, 12, 12), (64, 32, 5, 5)
 
@@ -42,13 +44,7 @@ def time_ms(step, repeats: int, warmup: int) -> tuple[float, float]:
     The median is the figure we report; the minimum is less disturbed by other work on a busy
     machine (interference only ever adds time), so a large gap between the two flags a noisy run.
     """
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    times = wall_times(step, repeats, warmup)
     return round(1e3 * statistics.median(times), 3), round(1e3 * min(times), 3)
 
 
@@ -236,8 +232,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from _common import clean_blas_env
     clean_blas_env(sys.argv)                  # re-runs without OPENBLAS_CORETYPE/_L2_SIZE if set
     from bbits_ref._runtime import keep_freed_memory
     keep_freed_memory()
