@@ -1,20 +1,36 @@
 """bbits_ref: a readable NumPy reference implementation of Bayesian Bits (van Baalen et al., 2020).
 
-Start with ``notebooks/00_tour.ipynb``.  The modules, in reading order:
+Start with ``notebooks/00_tour.ipynb``; ``ARCHITECTURE.md`` shows the layers and ``docs/method.md``
+the method.  The subpackages, from the bottom up:
 
-* :mod:`~bbits_ref.engine`, :mod:`~bbits_ref.ops` — the autograd engine and its primitive table;
-  :mod:`~bbits_ref.gradcheck` — gradient checks; :mod:`~bbits_ref.nn`, :mod:`~bbits_ref.optim`;
-* :mod:`~bbits_ref.quantizer` — the residual decomposition (spec §2);
-  :mod:`~bbits_ref.gates` — hard-concrete and Gumbel-softmax gates (§3);
-  :mod:`~bbits_ref.prior` — the prior and the regularizer (§4); :mod:`~bbits_ref.bops` (§5);
-* :mod:`~bbits_ref.qnn`, :mod:`~bbits_ref.models` — quantized layers, LeNet-5, VGG-7 (§6–§7);
-  :mod:`~bbits_ref.readout` — what the gates decided;
-* :mod:`~bbits_ref.data`, :mod:`~bbits_ref.train`, :mod:`~bbits_ref.plotting`, :mod:`~bbits_ref.cli`.
+* :mod:`bbits_ref.autograd` — the autograd engine, its primitives, layers, optimizers, gradient checks;
+* :mod:`bbits_ref.method` — the quantizer, gates, prior, BOPs, quantized layers, models, readout;
+* :mod:`bbits_ref.datasets` — the embedded MNIST subset, MNIST and CIFAR-10 files;
+* :mod:`bbits_ref.torch_impl` — an independent PyTorch implementation of the method;
+* :mod:`bbits_ref.training` — configuration, the trainer, checkpoints, experiments;
+* :mod:`bbits_ref.plotting`, :mod:`bbits_ref.course`, :mod:`bbits_ref.conformance`, :mod:`bbits_ref.cli`.
+
+The names below are the method's main entry points and the engine's basics.
 """
-from . import ops, quantizer  # noqa: F401  (quantizer registers the bb_quantize primitive)
-from .engine import (PRIMITIVES, Tensor, default_dtype, frozen_rounding, get_default_dtype,
-                     no_grad, set_default_dtype)
+from bbits_ref._version import __version__
+from bbits_ref.autograd import ops  # noqa: F401  (attaches nothing; imported so every primitive is registered)
+from bbits_ref.autograd.engine import (PRIMITIVES, Tensor, default_dtype, frozen_rounding,
+                                       get_default_dtype, no_grad, set_default_dtype)
+from bbits_ref.method.bops import relative_bops
+from bbits_ref.method.gates import GumbelSoftmax, HardConcrete
+from bbits_ref.method.layers import BBConfig, BBQuantizer
+from bbits_ref.method.models import lenet5, vgg7
+from bbits_ref.method.prior import bop_regularizer
+from bbits_ref.method.quantizer import bb_quantize, decompose, quantize_direct
+from bbits_ref.method.readout import model_readout
+from bbits_ref.training.trainer import TrainConfig, Trainer, train
 
-__version__ = "0.1.0"
-__all__ = ["Tensor", "PRIMITIVES", "ops", "no_grad", "default_dtype", "get_default_dtype",
-           "set_default_dtype", "frozen_rounding", "__version__"]
+__all__ = [
+    # the method
+    "bb_quantize", "decompose", "quantize_direct", "HardConcrete", "GumbelSoftmax", "bop_regularizer",
+    "relative_bops", "BBConfig", "BBQuantizer", "lenet5", "vgg7", "model_readout",
+    "TrainConfig", "Trainer", "train",
+    # the engine
+    "Tensor", "PRIMITIVES", "ops", "no_grad", "default_dtype", "get_default_dtype",
+    "set_default_dtype", "frozen_rounding", "__version__",
+]

@@ -8,7 +8,7 @@ Subcommands::
     bbits-ref info       the bit-width and pruning table of a checkpoint
     bbits-ref readout    the readout table of a freshly built model (no training)
     bbits-ref conformance  export the conformance suite / check an implementation against it
-    bbits-ref gradcheck  check every primitive's gradient (same as python -m bbits_ref.gradcheck)
+    bbits-ref gradcheck  check every primitive's gradient (same as python -m bbits_ref.autograd.gradcheck)
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def preset_name(args: argparse.Namespace) -> str:
 
 def config_from_args(args: argparse.Namespace):
     """A TrainConfig from parsed command-line options."""
-    from .train import PRESETS, TrainConfig
+    from bbits_ref.training.trainer import PRESETS, TrainConfig
 
     model = args.model or ("vgg7" if args.dataset == "cifar10" else "lenet5")
     kw = dict(PRESETS[preset_name(args)])        # named deviations from the official recipe
@@ -150,8 +150,8 @@ def _default_out(config) -> Path:
 
 
 def cmd_train(args) -> int:
-    from ._runtime import blas_override_note, keep_freed_memory
-    from .train import Trainer
+    from bbits_ref._runtime import blas_override_note, keep_freed_memory
+    from bbits_ref.training.trainer import Trainer
 
     keep_freed_memory()
     note = blas_override_note()
@@ -159,7 +159,7 @@ def cmd_train(args) -> int:
         print(note, file=sys.stderr)
 
     if args.resume:
-        from .checkpoint import CheckpointError
+        from bbits_ref.training.checkpoints import CheckpointError
         defaults = build_parser().parse_args(["train"])
         changed = sorted(k for k, v in vars(args).items()
                          if k not in ("resume", "no_progress", "func", "command")
@@ -192,7 +192,7 @@ def cmd_train(args) -> int:
     t0 = time.time()
     summary = trainer.fit()
     print()
-    from .readout import model_readout
+    from bbits_ref.method.readout import model_readout
     print(model_readout(trainer.model))
     print(f"\ntest accuracy {summary['test_accuracy']:.4f} at {summary['relative_bops']:.4f}% "
           f"relative BOPs after {summary['epochs']} epochs ({time.time() - t0:.0f} s)")
@@ -202,14 +202,14 @@ def cmd_train(args) -> int:
 
 
 def _render_run(out: Path, history) -> list:
-    from . import plotting
+    from bbits_ref import plotting
     return plotting.save_run_figures(history, out / "figures")
 
 
 def _train_one(payload):
     """Worker for ``sweep``: train one configuration quietly, return its summary."""
-    from ._runtime import keep_freed_memory
-    from .train import Trainer, TrainConfig
+    from bbits_ref._runtime import keep_freed_memory
+    from bbits_ref.training.trainer import Trainer, TrainConfig
 
     keep_freed_memory()
     config_dict, out = payload
@@ -222,7 +222,7 @@ def _train_one(payload):
 
 def cmd_sweep(args) -> int:
     import dataclasses
-    from .checkpoint import write_json
+    from bbits_ref.training.checkpoints import write_json
 
     base = config_from_args(args)
     out = Path(args.out or f"runs/sweep-{base.model}-{base.dataset}")
@@ -241,7 +241,7 @@ def cmd_sweep(args) -> int:
     for (name, cfg), s in zip(jobs, summaries):
         rows.append({"label": name, "mu": cfg.mu, "kind": "bb" if name.startswith("mu") else "baseline",
                      "test_accuracy": s["test_accuracy"], "relative_bops": s["relative_bops"]})
-    from .plotting import pareto_front, save_sweep_figures
+    from bbits_ref.plotting import pareto_front, save_sweep_figures
     front = {id(p) for p in pareto_front([r for r in rows if r["kind"] == "bb"])}
     for r in rows:
         r["pareto"] = id(r) in front
@@ -281,7 +281,7 @@ def format_sweep_table(rows) -> str:
 def cmd_figures(args) -> int:
     path = Path(args.path)
     if (path / "sweep.json").exists():
-        from .plotting import save_sweep_figures
+        from bbits_ref.plotting import save_sweep_figures
         rows = json.loads((path / "sweep.json").read_text())["runs"]
         files = save_sweep_figures([r for r in rows if r["kind"] == "bb"],
                                    [r for r in rows if r["kind"] == "baseline"], path / "figures")
@@ -295,9 +295,9 @@ def cmd_figures(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .readout import model_readout
-    from .train import TrainConfig, build_model
+    from bbits_ref.training.checkpoints import CheckpointError, load_checkpoint
+    from bbits_ref.method.readout import model_readout
+    from bbits_ref.training.trainer import TrainConfig, build_model
 
     path = Path(args.checkpoint)
     if path.is_dir():
@@ -317,8 +317,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_readout(args) -> int:
-    from .models import lenet5, vgg7
-    from .readout import model_readout
+    from bbits_ref.method.models import lenet5, vgg7
+    from bbits_ref.method.readout import model_readout
     model = lenet5(rng=args.seed) if args.model == "lenet5" else vgg7(args.width, rng=args.seed)
     print(model_readout(model))
     return 0
@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_readout)
 
-    from .conformance.cli import add_subcommand as add_conformance
+    from bbits_ref.conformance.cli import add_subcommand as add_conformance
     add_conformance(sub)
 
     p = sub.add_parser("gradcheck", help="check every primitive's gradient")
@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_gradcheck(args) -> int:
-    from .gradcheck import main as gradcheck_main
+    from bbits_ref.autograd.gradcheck import main as gradcheck_main
     return gradcheck_main(args.rest)
 
 

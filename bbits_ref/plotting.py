@@ -1,9 +1,9 @@
 """Figures of a Bayesian Bits run and of a μ sweep (matplotlib only, no math of its own).
 
-A run's figures read the history that :class:`~bbits_ref.train.Trainer` keeps: one record per
+A run's figures read the history that :class:`~bbits_ref.training.trainer.Trainer` keeps: one record per
 logging step (``kind="step"``) and per finished epoch (``kind="epoch"``, the only ones with
 ``test_acc``), each carrying the readout of every quantizer
-(:func:`bbits_ref.train.history_record`):
+(:func:`bbits_ref.training.trainer.history_record`):
 
 * :func:`plot_gate_probabilities` — π_b = q(z_b ≠ 0 | z_{b/2} = 1) = sigmoid(φ_b + 1.598597)
   for every quantizer and gate (spec §3.3), and the mean P(z2 ≠ 0) of pruned layers;
@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 from matplotlib.lines import Line2D
 
-from .checkpoint import atomic_write_bytes
+from bbits_ref.training.checkpoints import atomic_write_bytes
 
 __all__ = ["GATE_BITS", "plot_gate_probabilities", "plot_bit_widths", "plot_bops_accuracy",
            "plot_kept_channels", "plot_training_curves", "plot_pareto", "pareto_front",
@@ -40,7 +40,7 @@ __all__ = ["GATE_BITS", "plot_gate_probabilities", "plot_bit_widths", "plot_bops
 GATE_BITS = (4, 8, 16, 32)
 _GATE_STYLES = {4: "-", 8: "--", 16: "-.", 32: ":"}
 _FIGSIZE = (6.0, 4.0)
-_HISTORY_HELP = ("expected the list of records of bbits_ref.train.history_record "
+_HISTORY_HELP = ("expected the list of records of bbits_ref.training.trainer.history_record "
                  "(Trainer.history, or json.loads of a run's history.json)")
 
 

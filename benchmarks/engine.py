@@ -27,9 +27,10 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`: use the repository's copy
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bbits_ref import nn, ops  # noqa: E402
-from bbits_ref.engine import Tensor, no_grad  # noqa: E402
-from bbits_ref.optim import Adam  # noqa: E402
+from bbits_ref.autograd import nn  # noqa: E402
+from bbits_ref.autograd import ops
+from bbits_ref.autograd.engine import Tensor, no_grad  # noqa: E402
+from bbits_ref.autograd.optim import Adam  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import clean_blas_env, wall_times  # noqa: E402

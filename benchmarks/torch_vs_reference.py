@@ -55,7 +55,7 @@ def limit_threads(threads: int):
 def build(seed: int):
     import numpy as np
 
-    from bbits_ref.train import TrainConfig, Trainer
+    from bbits_ref.training.trainer import TrainConfig, Trainer
     rng = np.random.default_rng(seed)
     x = rng.random((2 * BATCH, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, 2 * BATCH)
@@ -91,8 +91,8 @@ def initial_losses(trainer, model, xb, yb) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from bbits_ref import ops
-    from bbits_ref.engine import no_grad
+    from bbits_ref.autograd import ops
+    from bbits_ref.autograd.engine import no_grad
     noise = trainer.model.sample_noise(np.random.default_rng(123))
     with no_grad():
         ref = (ops.cross_entropy(trainer.model(xb, noise=noise), yb)

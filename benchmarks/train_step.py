@@ -32,7 +32,7 @@ from _common import blas_info, clean_blas_env, machine, median_ms  # noqa: E402
 
 
 def _trainer(data, **overrides):
-    from bbits_ref.train import Trainer, TrainConfig
+    from bbits_ref.training.trainer import Trainer, TrainConfig
     config = TrainConfig(dataset="mnist", **overrides)
     return Trainer(config, data=data, progress=False)
 
@@ -49,7 +49,7 @@ def step_ms(repeats: int) -> float:
 
 def one_epoch(mnist_dir: str) -> dict:
     """Runs in a child process: one epoch on full MNIST; reports times and peak memory."""
-    from bbits_ref.data import load_dataset
+    from bbits_ref.datasets.loaders import load_dataset
     ds = load_dataset("mnist", data_dir=mnist_dir)
     trainer = _trainer(ds, data_dir=mnist_dir, epochs=1)
     t = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Build bbits_ref/data/mnist_subset.npz, the MNIST subset embedded in the package ("mnist-small").
+"""Build bbits_ref/datasets/embedded/mnist_subset.npz, the MNIST subset embedded in the package ("mnist-small").
 
     python scripts/build_embedded_mnist.py [MNIST_DIR] [--out PATH]
 
@@ -13,7 +13,7 @@ files (no randomness, so nothing to seed).  The .npz holds
 where *_index are the positions in the original files.  It is written like np.savez_compressed but
 with fixed zip timestamps and compression level, so the same input gives the same bytes (with the
 same zlib).  The script prints the size and SHA-256; copy the SHA-256 into
-EMBEDDED_MNIST_SHA256 in bbits_ref/data.py when it changes.
+EMBEDDED_MNIST_SHA256 in bbits_ref/datasets/loaders.py when it changes.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # use this checkout's bbits_ref, installed or not
 
-from bbits_ref import data  # noqa: E402
+from bbits_ref.datasets import loaders as data  # noqa: E402
 
 DEFAULT_MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
 DEFAULT_OUT = REPO_ROOT / "bbits_ref" / "data" / data.EMBEDDED_MNIST_FILE
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: larger than the {MAX_BYTES}-byte budget", file=sys.stderr)
         return 1
     if sha256 != data.EMBEDDED_MNIST_SHA256:
-        print("note: differs from EMBEDDED_MNIST_SHA256 in bbits_ref/data.py; update the constant",
+        print("note: differs from EMBEDDED_MNIST_SHA256 in bbits_ref/datasets/loaders.py; update the constant",
               file=sys.stderr)
     return 0
 

@@ -51,8 +51,8 @@ if [[ -n "${CI:-}" && "${CI}" != "false" ]]; then
 fi
 
 start=$SECONDS
-step "checking the gradient of every primitive: python -m bbits_ref.gradcheck"
-python -m bbits_ref.gradcheck
+step "checking the gradient of every primitive: python -m bbits_ref.autograd.gradcheck"
+python -m bbits_ref.autograd.gradcheck
 echo "    gradient check took $((SECONDS - start)) s"
 
 start=$SECONDS

@@ -1,4 +1,4 @@
-"""Tests for bbits_ref.bops: MAC counts, the BOP metric and its expected version (spec §4.4, §5, §5.1)."""
+"""Tests for bbits_ref.method.bops: MAC counts, the BOP metric and its expected version (spec §4.4, §5, §5.1)."""
 import itertools
 from fractions import Fraction
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bbits_ref import Tensor
-from bbits_ref.bops import (BIT_WIDTHS, LENET5_LAYERS, VGG7_LAYERS, LayerCost, bit_width_distribution,
+from bbits_ref.method.bops import (BIT_WIDTHS, LENET5_LAYERS, VGG7_LAYERS, LayerCost, bit_width_distribution,
                             conv_macs, conv_output_hw, deterministic_bits, deterministic_layer_cost,
                             expected_bits, expected_layer_cost, format_bops_table, lenet5_layer_macs,
                             linear_macs, relative_bops, sequential_layer_costs, uniform_relative_bops,

@@ -1,4 +1,4 @@
-"""Tests for bbits_ref.checkpoint: .npz without pickle, atomic writes, clear errors on damaged
+"""Tests for bbits_ref.training.checkpoints: .npz without pickle, atomic writes, clear errors on damaged
 files, and generator states that survive a round trip (spec §7.3 resume; STYLE: errors speak)."""
 import json
 import os
@@ -7,8 +7,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from bbits_ref import checkpoint
-from bbits_ref.checkpoint import (CHECKPOINT_VERSION, CheckpointError, atomic_write_text,
+from bbits_ref.training import checkpoints as checkpoint
+from bbits_ref.training.checkpoints import (CHECKPOINT_VERSION, CheckpointError, atomic_write_text,
                                   load_checkpoint, restore_rng, rng_state, save_checkpoint,
                                   write_json)
 

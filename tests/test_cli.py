@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bbits_ref.checkpoint import load_checkpoint
+from bbits_ref.training.checkpoints import load_checkpoint
 from bbits_ref.cli import build_parser, config_from_args, main
-from bbits_ref.models import lenet5
-from bbits_ref.train import TrainConfig, Trainer
+from bbits_ref.method.models import lenet5
+from bbits_ref.training.trainer import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--train-limit", "48", "--test-limit", "32", "--batch-size", "32", "--epochs", "2",

@@ -16,7 +16,7 @@ from bbits_ref.conformance import (SCHEMA_VERSION, SUITE_VERSION, SuiteError, bu
 from bbits_ref.conformance import cli, mutants, suite
 from bbits_ref.conformance.checker import AdapterImportError, compare
 from bbits_ref.conformance.reference import ReferenceAdapter
-from bbits_ref.quantizer import step_sizes
+from bbits_ref.method.quantizer import step_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_OFFICIAL = Path(__file__).resolve().parent / "fake_official"

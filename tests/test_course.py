@@ -1,11 +1,11 @@
-"""bbits_ref.course: small/full mode from the environment, the settings, and run_or_load."""
+"""bbits_ref.course.settings: small/full mode from the environment, the settings, and run_or_load."""
 import json
 
 import numpy as np
 import pytest
 
-from bbits_ref import course
-from bbits_ref.train import Trainer, TrainConfig
+from bbits_ref.course import settings as course
+from bbits_ref.training.trainer import Trainer, TrainConfig
 
 
 @pytest.mark.parametrize("env, small", [

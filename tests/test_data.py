@@ -1,4 +1,4 @@
-"""Tests for bbits_ref.data: the embedded MNIST subset, the IDX and CIFAR-10 loaders, the
+"""Tests for bbits_ref.datasets.loaders: the embedded MNIST subset, the IDX and CIFAR-10 loaders, the
 downloaders (against a local server and file:// URLs, never the internet), minibatches and the
 spec §7.3 normalisation and augmentation."""
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bbits_ref import data
-from bbits_ref.data import (ChecksumError, DataFileError, Dataset, DownloadError,
+from bbits_ref.datasets import loaders as data
+from bbits_ref.datasets.loaders import (ChecksumError, DataFileError, Dataset, DownloadError,
                             UnsafePickleError, augment_cifar, batches, first_per_class,
                             load_cifar10, load_dataset, load_embedded_mnist, load_mnist,
                             normalize_cifar, normalize_mnist, read_idx)
@@ -24,7 +24,7 @@ import fixtures_data as fx
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MNIST = ROOT.parent / "shared" / "data" / "mnist"  # where CI keeps the full MNIST
-EMBEDDED = ROOT / "bbits_ref" / "data" / data.EMBEDDED_MNIST_FILE
+EMBEDDED = ROOT / "bbits_ref" / "datasets" / "embedded" / data.EMBEDDED_MNIST_FILE
 needs_real_mnist = pytest.mark.skipif(not REAL_MNIST.is_dir(),
                                       reason=f"full MNIST not available at {REAL_MNIST}")
 

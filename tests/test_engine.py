@@ -17,10 +17,10 @@ from oracles import import_all_primitives, temporary_primitive
 
 import_all_primitives()
 
-from bbits_ref import ops  # noqa: E402
-from bbits_ref.engine import (PRIMITIVES, Tensor, default_dtype, get_default_dtype,  # noqa: E402
+from bbits_ref.autograd import ops  # noqa: E402
+from bbits_ref.autograd.engine import (PRIMITIVES, Tensor, default_dtype, get_default_dtype,  # noqa: E402
                               no_grad, set_default_dtype, unbroadcast)
-from bbits_ref.gradcheck import make_case  # noqa: E402
+from bbits_ref.autograd.gradcheck import make_case  # noqa: E402
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 

@@ -1,4 +1,4 @@
-"""Tests for bbits_ref.gates: hard-concrete and Gumbel-softmax gates, the gate chain (spec §3)."""
+"""Tests for bbits_ref.method.gates: hard-concrete and Gumbel-softmax gates, the gate chain (spec §3)."""
 import math
 
 import numpy as np
@@ -8,9 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bbits_ref import Tensor, default_dtype
-from bbits_ref.gates import (HARD_CUT_LOGIT, NOISE_CLAMP, Gate, GumbelSoftmax, HardConcrete,
+from bbits_ref.method.gates import (HARD_CUT_LOGIT, NOISE_CLAMP, Gate, GumbelSoftmax, HardConcrete,
                              chain_gates, make_gate, uniform_noise)
-from bbits_ref.gradcheck import check_grads
+from bbits_ref.autograd.gradcheck import check_grads
 from oracles import gates_oracle as oracle
 
 HC = HardConcrete()

@@ -1,4 +1,4 @@
-"""Tests for bbits_ref.models: LeNet-5 and VGG-7 with Bayesian Bits quantizers (spec §4.4, §6–§7).
+"""Tests for bbits_ref.method.models: LeNet-5 and VGG-7 with Bayesian Bits quantizers (spec §4.4, §6–§7).
 
 Structure and counts (§7.1), lazy range init (§2.1), MAC tables and BOP weights (§4.4, §5.1),
 noise feeding (§3.2), a whole-network gradient check, gates inside the model (§3.4, §3.5, §6),
@@ -7,13 +7,16 @@ the ablations, parameter groups (§7.3), bad input and state-dict round trips.
 import numpy as np
 import pytest
 
-from bbits_ref import bops, ops, prior, qnn
-from bbits_ref.engine import Tensor, no_grad
-from bbits_ref.gates import HardConcrete
-from bbits_ref.gradcheck import check_grads
-from bbits_ref.models import BBNet, count_parameters, lenet5, vgg7
-from bbits_ref.qnn import BBConfig
-from bbits_ref.quantizer import quantize_direct
+from bbits_ref.method import bops
+from bbits_ref.autograd import ops
+from bbits_ref.method import prior
+from bbits_ref.method import layers as qnn
+from bbits_ref.autograd.engine import Tensor, no_grad
+from bbits_ref.method.gates import HardConcrete
+from bbits_ref.autograd.gradcheck import check_grads
+from bbits_ref.method.models import BBNet, count_parameters, lenet5, vgg7
+from bbits_ref.method.layers import BBConfig
+from bbits_ref.method.quantizer import quantize_direct
 
 HC = HardConcrete()
 
@@ -379,7 +382,7 @@ def test_pruned_channels_are_zero_but_bias_still_flows(lenet_init):
 
 
 def test_pruning_changes_kept_channels_and_bops_like_a_hand_computation():
-    from bbits_ref.readout import model_readout
+    from bbits_ref.method.readout import model_readout
     model = lenet5()
     cut = {"conv1": 8, "conv2": 16, "fc1": 128}
     for name, k in cut.items():
@@ -402,7 +405,7 @@ def test_pruning_changes_kept_channels_and_bops_like_a_hand_computation():
 @pytest.mark.parametrize("logits, bits", [((6.0, -10.0), 4), ((-10.0, -10.0), 2),
                                           ((6.0, 6.0), 8)])
 def test_chain_logits_set_the_deterministic_bit_width(lenet_init, logits, bits):
-    from bbits_ref.readout import model_readout
+    from bbits_ref.method.readout import model_readout
     model, _ = lenet_init
     q, w = model.fc1.weight_quantizer, model.fc1.weight
     old = q.gate_logits.data.copy()
@@ -473,7 +476,7 @@ def test_quantization_only_ablation_has_no_pruning():
 
 
 def test_pruning_only_ablation_quantizes_to_the_fixed_grid():
-    from bbits_ref.readout import model_readout
+    from bbits_ref.method.readout import model_readout
     cfg = BBConfig(learn_bits=False, weight_bits=4, act_bits=8)
     model = lenet5(cfg)
     assert all(q.gate_logits is None for _, q in model.quantizers())
@@ -512,7 +515,7 @@ def test_uniform_fixed_bit_baseline_has_no_gates():
     groups = model.parameter_groups()
     assert groups["gates"] == [] and len(groups["ranges"]) == 7
     assert all(n == {} for n in model.sample_noise(np.random.default_rng(0)).values())
-    from bbits_ref.readout import model_readout
+    from bbits_ref.method.readout import model_readout
     assert model_readout(model).relative_bops == pytest.approx(
         bops.uniform_relative_bops([m for _, m in bops.LENET5_LAYERS], 2, 4))
     # no gate parameters, so the regularizer is a constant

@@ -1,11 +1,11 @@
-"""Tests for bbits_ref.nn: layers against plain NumPy, PyTorch's init and naming, batch-norm
+"""Tests for bbits_ref.autograd.nn: layers against plain NumPy, PyTorch's init and naming, batch-norm
 semantics, modes, state dicts, dtype casts, and (if installed) parity with torch.nn."""
 import numpy as np
 import pytest
 
-from bbits_ref.engine import Tensor
-from bbits_ref.gradcheck import check_grads
-from bbits_ref.nn import (BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Module,
+from bbits_ref.autograd.engine import Tensor
+from bbits_ref.autograd.gradcheck import check_grads
+from bbits_ref.autograd.nn import (BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Module,
                           Parameter, ReLU, Sequential)
 
 

@@ -1,4 +1,4 @@
-"""Tests for bbits_ref.optim: hand-computed updates, groups, the schedule, checkpoints, errors,
+"""Tests for bbits_ref.autograd.optim: hand-computed updates, groups, the schedule, checkpoints, errors,
 and (if installed) step-by-step parity with torch.optim."""
 import io
 import math
@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from bbits_ref import ops
-from bbits_ref.engine import Tensor
-from bbits_ref.nn import Linear, Parameter
-from bbits_ref.optim import SGD, Adam, linear_decay_last_third
+from bbits_ref.autograd import ops
+from bbits_ref.autograd.engine import Tensor
+from bbits_ref.autograd.nn import Linear, Parameter
+from bbits_ref.autograd.optim import SGD, Adam, linear_decay_last_third
 
 F32_EPS = np.finfo(np.float32).eps
 

@@ -109,7 +109,7 @@ def test_console_entry_point_is_declared_and_resolves():
 
 def test_package_data_globs_the_data_folder():
     data = pyproject()["tool"]["setuptools"]["package-data"]["bbits_ref"]
-    assert "data/*" in data
+    assert "datasets/embedded/*" in data
 
 
 # -- environment.yml
@@ -134,10 +134,10 @@ def test_environment_yml_uses_conda_forge_python_311_and_installs_the_package():
 # -- the test script, CI and the README
 
 def test_gradcheck_module_has_a_command_line():
-    res = subprocess.run([sys.executable, "-m", "bbits_ref.gradcheck", "--help"], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "bbits_ref.autograd.gradcheck", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert "usage: python -m bbits_ref.gradcheck" in res.stdout
+    assert "usage: python -m bbits_ref.autograd.gradcheck" in res.stdout
 
 
 def test_run_tests_script_is_valid_bash_and_installs_declared_extras():
@@ -147,7 +147,7 @@ def test_run_tests_script_is_valid_bash_and_installs_declared_extras():
     assert "set -euo pipefail" in text
     installs = re.findall(r"pip install[^\n]*-e '\.\[([^\]]*)\]'", text)
     assert installs == [",".join(SYNCED_EXTRAS)]
-    assert "python -m bbits_ref.gradcheck" in text
+    assert "python -m bbits_ref.autograd.gradcheck" in text
     assert re.search(r'python -m pytest -n 2 -q "\$@"', text)
 
 

@@ -6,7 +6,7 @@
   random cotangent, float64, to 1e-10);
 * a deliberately wrong VJP is caught by both, and a primitive without a case or an oracle fails
   the coverage test;
-* ``python -m bbits_ref.gradcheck``.
+* ``python -m bbits_ref.autograd.gradcheck``.
 
 New primitives are picked up automatically: the tests are parametrized over ``PRIMITIVES``.
 """
@@ -27,9 +27,10 @@ from oracles import collect_oracles, import_all_primitives, temporary_primitive
 
 import_all_primitives()  # before the names are collected, so other modules' primitives count
 
-from bbits_ref import gradcheck, ops  # noqa: E402
-from bbits_ref.engine import PRIMITIVES, Tensor  # noqa: E402
-from bbits_ref.gradcheck import check_grads, make_case  # noqa: E402
+from bbits_ref.autograd import gradcheck  # noqa: E402
+from bbits_ref.autograd import ops
+from bbits_ref.autograd.engine import PRIMITIVES, Tensor  # noqa: E402
+from bbits_ref.autograd.gradcheck import check_grads, make_case  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = sorted(PRIMITIVES)
@@ -191,7 +192,7 @@ def _run_python(*args, timeout=120):
 
 
 def test_cli_checks_every_primitive():
-    proc = _run_python("-m", "bbits_ref.gradcheck")
+    proc = _run_python("-m", "bbits_ref.autograd.gradcheck")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
     printed = [line.split()[0] for line in lines[:-1]]
@@ -228,16 +229,16 @@ def test_cli_exit_status_is_one_on_a_failure(capsys):
 
 def test_cli_sees_cases_registered_by_other_modules():
     """``python -m`` runs gradcheck as __main__, a second copy of the module: the cases that other
-    modules register must still be found (they live in bbits_ref.cases, not in gradcheck)."""
+    modules register must still be found (they live in bbits_ref.autograd.gradcheck_cases, not in gradcheck)."""
     code = (
         "import runpy, sys, numpy as np\n"
-        "from bbits_ref import gradcheck\n"
-        "from bbits_ref.engine import register\n"
+        "from bbits_ref.autograd import gradcheck\n"
+        "from bbits_ref.autograd.engine import register\n"
         "register('tmp_double', 'z = 2x', lambda x: 2 * x, lambda g, z, s, x: 2 * g)\n"
         "gradcheck.register_case('tmp_double', lambda rng, shape, bc: "
         "gradcheck.Case((rng.standard_normal(shape),), {}, (0,)))\n"
         "sys.argv = ['gradcheck', 'tmp_double']\n"
-        "runpy.run_module('bbits_ref.gradcheck', run_name='__main__', alter_sys=True)\n")
+        "runpy.run_module('bbits_ref.autograd.gradcheck', run_name='__main__', alter_sys=True)\n")
     proc = _run_python("-c", code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("tmp_double")

@@ -1,4 +1,4 @@
-"""Tests for bbits_ref.prior: the KL, the code's BOP regularizer and the independent-prior ablation (spec §4)."""
+"""Tests for bbits_ref.method.prior: the KL, the code's BOP regularizer and the independent-prior ablation (spec §4)."""
 import numpy as np
 import pytest
 from autograd import grad
@@ -6,11 +6,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bbits_ref import Tensor
-from bbits_ref.gates import HardConcrete, chain_gates
-from bbits_ref.gradcheck import check_grads
-from bbits_ref.prior import (autoregressive_kl, bop_regularizer, independent_regularizer,
+from bbits_ref.method.gates import HardConcrete, chain_gates
+from bbits_ref.autograd.gradcheck import check_grads
+from bbits_ref.method.prior import (autoregressive_kl, bop_regularizer, independent_regularizer,
                              kl_bernoulli, mac_weights, prior_strengths)
-from bbits_ref.quantizer import bb_quantize
+from bbits_ref.method.quantizer import bb_quantize
 from oracles import gates_oracle as oracle
 
 HC = HardConcrete()
@@ -317,7 +317,7 @@ def test_bad_kl_and_prior_inputs():
 # --------------------------------------------------------------------------- the explicit prior
 
 def test_prior_is_autoregressive_with_exp_minus_lambda_and_no_mass_below_an_off_parent():
-    from bbits_ref.prior import chain_pmf, prior_conditionals
+    from bbits_ref.method.prior import chain_pmf, prior_conditionals
     lam = np.array([0.2, 0.4, 0.8, 1.6, 3.2])
     cond = prior_conditionals(lam)
     np.testing.assert_allclose(cond, np.exp(-lam), rtol=0)
@@ -332,7 +332,7 @@ def test_prior_is_autoregressive_with_exp_minus_lambda_and_no_mass_below_an_off_
 
 def test_exact_kl_by_enumeration_equals_the_chain_rule_closed_form():
     # Spec §4.2: KL over all 32 configurations = Σ_b (Π_{k<b} π_k)·KL(Bern(π_b) ‖ Bern(e^{−λ_b})).
-    from bbits_ref.prior import autoregressive_kl, chain_pmf, prior_conditionals
+    from bbits_ref.method.prior import autoregressive_kl, chain_pmf, prior_conditionals
     rng = np.random.default_rng(4)
     for _ in range(5):
         pi = rng.uniform(0.05, 0.95, 5)
@@ -346,7 +346,7 @@ def test_exact_kl_by_enumeration_equals_the_chain_rule_closed_form():
 
 
 def test_explicit_prior_rejects_bad_input():
-    from bbits_ref.prior import chain_configurations, chain_pmf, prior_conditionals
+    from bbits_ref.method.prior import chain_configurations, chain_pmf, prior_conditionals
     with pytest.raises(ValueError, match="lambdas"):
         prior_conditionals([-1.0])
     with pytest.raises(ValueError, match="conditionals"):

@@ -1,14 +1,16 @@
-"""Tests for bbits_ref.qnn: BBConfig, BBQuantizer, quantized and BN-folded layers (spec §2–§6)."""
+"""Tests for bbits_ref.method.layers: BBConfig, BBQuantizer, quantized and BN-folded layers (spec §2–§6)."""
 import numpy as np
 import pytest
 
-from bbits_ref import bops, ops, prior
-from bbits_ref.engine import Tensor, no_grad
-from bbits_ref.gates import HardConcrete
-from bbits_ref.nn import BatchNorm1d, BatchNorm2d
-from bbits_ref.qnn import (GATE_PRESETS, BBConfig, BBQuantizer, QConv2d, QConv2dBN, QLinear,
+from bbits_ref.method import bops
+from bbits_ref.autograd import ops
+from bbits_ref.method import prior
+from bbits_ref.autograd.engine import Tensor, no_grad
+from bbits_ref.method.gates import HardConcrete
+from bbits_ref.autograd.nn import BatchNorm1d, BatchNorm2d
+from bbits_ref.method.layers import (GATE_PRESETS, BBConfig, BBQuantizer, QConv2d, QConv2dBN, QLinear,
                            QLinearBN)
-from bbits_ref.quantizer import bb_quantize, quantize_direct
+from bbits_ref.method.quantizer import bb_quantize, quantize_direct
 
 HC = HardConcrete()
 U_ONE = 1 - 1e-6          # uniform noise that makes a hard-concrete gate with φ ≥ −6 exactly 1

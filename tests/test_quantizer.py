@@ -18,11 +18,11 @@ import pytest
 from hypothesis import given, strategies as st
 from hypothesis.extra.numpy import arrays
 
-import bbits_ref.quantizer as qz
-from bbits_ref import ops
-from bbits_ref.engine import PRIMITIVES, Primitive, Tensor
-from bbits_ref.gradcheck import check_grads, check_primitive, make_case
-from bbits_ref.quantizer import (BIT_WIDTHS, CLIP_EPS, bb_quantize, bb_quantize_composite,
+import bbits_ref.method.quantizer as qz
+from bbits_ref.autograd import ops
+from bbits_ref.autograd.engine import PRIMITIVES, Primitive, Tensor
+from bbits_ref.autograd.gradcheck import check_grads, check_primitive, make_case
+from bbits_ref.method.quantizer import (BIT_WIDTHS, CLIP_EPS, bb_quantize, bb_quantize_composite,
                                  check_bits, clip_range, decompose, fixed_quantize, init_range,
                                  quantize_direct, step_sizes)
 from oracles.quantizer_oracle import ORACLES

@@ -1,13 +1,13 @@
-"""Tests for bbits_ref.readout: gate readouts per quantizer and model BOPs (spec §3.3–§3.5, §5)."""
+"""Tests for bbits_ref.method.readout: gate readouts per quantizer and model BOPs (spec §3.3–§3.5, §5)."""
 import json
 
 import numpy as np
 import pytest
 
-from bbits_ref import bops
-from bbits_ref.models import lenet5, vgg7
-from bbits_ref.qnn import BBConfig
-from bbits_ref.readout import (BIT_CHOICES, effective_chain_probs, model_readout,
+from bbits_ref.method import bops
+from bbits_ref.method.models import lenet5, vgg7
+from bbits_ref.method.layers import BBConfig
+from bbits_ref.method.readout import (BIT_CHOICES, effective_chain_probs, model_readout,
                                quantizer_readout)
 
 OFFSET = 1.598597                                            # −β_hc·log(−γ/ζ), spec §3.3

@@ -22,13 +22,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import bbits_ref.torch_impl as ti  # noqa: E402
-from bbits_ref import gates as ref_gates  # noqa: E402
-from bbits_ref import models as ref_models  # noqa: E402
-from bbits_ref import ops, prior as ref_prior  # noqa: E402
-from bbits_ref import quantizer as ref_q  # noqa: E402
-from bbits_ref.engine import Tensor, default_dtype  # noqa: E402
-from bbits_ref.qnn import BBConfig  # noqa: E402
-from bbits_ref.readout import model_readout  # noqa: E402
+from bbits_ref.method import gates as ref_gates  # noqa: E402
+from bbits_ref.method import models as ref_models  # noqa: E402
+from bbits_ref.autograd import ops  # noqa: E402
+from bbits_ref.method import prior as ref_prior
+from bbits_ref.method import quantizer as ref_q  # noqa: E402
+from bbits_ref.autograd.engine import Tensor, default_dtype  # noqa: E402
+from bbits_ref.method.layers import BBConfig  # noqa: E402
+from bbits_ref.method.readout import model_readout  # noqa: E402
 from bbits_ref.torch_impl import bops as t_bops  # noqa: E402
 from bbits_ref.torch_impl import gates as t_gates  # noqa: E402
 from bbits_ref.torch_impl import prior as t_prior  # noqa: E402
@@ -119,8 +120,8 @@ GATE_CASES = {
 # --------------------------------------------------------------------------- import hygiene
 
 def test_bbits_ref_never_imports_torch():
-    code = ("import sys, bbits_ref, bbits_ref.models, bbits_ref.train, bbits_ref.readout, "
-            "bbits_ref.bops, bbits_ref.conformance; "
+    code = ("import sys, bbits_ref, bbits_ref.method.models, bbits_ref.training.trainer, bbits_ref.method.readout, "
+            "bbits_ref.method.bops, bbits_ref.conformance; "
             "assert 'torch' not in sys.modules, 'bbits_ref imported torch'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
@@ -633,7 +634,7 @@ def test_adapter_passes_the_conformance_suite(tmp_path):
 def test_chain_hard_cut_matches_the_reference_for_both_gate_kinds():
     # The reference cuts Gumbel-softmax gates at the logit with the official cut's on-probability
     # (−0.4014), hard-concrete ones at −2; the fast implementation must agree in training and eval.
-    from bbits_ref import gates as ref_gates
+    from bbits_ref.method import gates as ref_gates
     from bbits_ref.torch_impl import gates as tg
     u = np.full(4, 0.5)
     for kind, phi in [("gumbel_softmax", -1.0), ("gumbel_softmax", -0.3), ("hard_concrete", -1.0),

@@ -1,4 +1,4 @@
-"""Tests for bbits_ref.train: the official recipe (spec §7.3) as the default, parameter groups,
+"""Tests for bbits_ref.training.trainer: the official recipe (spec §7.3) as the default, parameter groups,
 the history, bit-for-bit resume, seeds, divergence handling and fixed-gate fine-tuning.
 
 Every run is tiny (48 embedded MNIST images, batch 32: two steps per epoch, the second on a
@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from bbits_ref import train as train_mod
-from bbits_ref.models import BBNet
-from bbits_ref.optim import Adam, linear_decay_last_third
-from bbits_ref.readout import model_readout
-from bbits_ref.train import TrainConfig, Trainer, TrainingDiverged, build_model
+from bbits_ref.training import trainer as train_mod
+from bbits_ref.method.models import BBNet
+from bbits_ref.autograd.optim import Adam, linear_decay_last_third
+from bbits_ref.method.readout import model_readout
+from bbits_ref.training.trainer import TrainConfig, Trainer, TrainingDiverged, build_model
 
 TINY = dict(train_limit=48, test_limit=32, batch_size=32, epochs=2, log_every=3)
 QUANTIZERS = ["conv1.weight_quantizer", "conv1.act_quantizer", "conv2.weight_quantizer",

@@ -1,4 +1,4 @@
-"""Tests for bbits_ref.widgets: each explorer is driven through its controls, as a student would,
+"""Tests for bbits_ref.course.widgets: each explorer is driven through its controls, as a student would,
 and its recomputed state is checked against direct calls of the library functions (no browser)."""
 import json
 
@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 from traitlets import TraitError
 
-from bbits_ref import Tensor, bops, gates, prior, quantizer
-from bbits_ref import widgets as W
-from bbits_ref.engine import PRIMITIVES
-from bbits_ref.models import lenet5
-from bbits_ref.train import history_record
+from bbits_ref import Tensor
+from bbits_ref.method import bops
+from bbits_ref.method import gates
+from bbits_ref.method import prior
+from bbits_ref.method import quantizer
+from bbits_ref.course import widgets as W
+from bbits_ref.autograd.engine import PRIMITIVES
+from bbits_ref.method.models import lenet5
+from bbits_ref.training.trainer import history_record
 
 PNG = b"\x89PNG"
 HC = gates.HardConcrete()

@@ -33,7 +33,7 @@ framework and dtype).  A case whose method the adapter lacks, or that raises
 ``lenet5_step(params, x, y, noise, *, mu) -> {"logits", "loss", "grads": {name: array}}``
     One training forward and backward of LeNet-5 (§7.1): mean cross-entropy + μ·Σ_t R_t
     (autoregressive, bop), hard cut on; params and noise named as in
-    ``bbits_ref.models.lenet5().state_dict()`` and ``BBNet.sample_noise``.
+    ``bbits_ref.method.models.lenet5().state_dict()`` and ``BBNet.sample_noise``.
 
 Typical use::
 
@@ -45,8 +45,8 @@ Modules: :mod:`~.suite` (the cases, export, load), :mod:`~.checker` (check and t
 :mod:`~.mutants` (wrong adapters the suite catches), :mod:`~.cli`.
 Notebook: ``notebooks/09_validating_fast_implementations.ipynb``.
 """
-from .checker import Report, check, load_adapter
-from .suite import METHODS, SCHEMA_VERSION, SUITE_VERSION, Suite, SuiteError, build_cases, export, load
+from bbits_ref.conformance.checker import Report, check, load_adapter
+from bbits_ref.conformance.suite import METHODS, SCHEMA_VERSION, SUITE_VERSION, Suite, SuiteError, build_cases, export, load
 
 __all__ = ["SUITE_VERSION", "SCHEMA_VERSION", "METHODS", "Suite", "SuiteError", "Report",
            "build_cases", "export", "load", "check", "load_adapter"]

@@ -1,6 +1,6 @@
 """``python -m bbits_ref.conformance {export,check} …`` (see :mod:`bbits_ref.conformance.cli`)."""
 import sys
 
-from .cli import main
+from bbits_ref.conformance.cli import main
 
 sys.exit(main())

@@ -20,7 +20,7 @@ from fnmatch import fnmatchcase
 
 import numpy as np
 
-from .suite import METHODS, SCHEMA_VERSION, Case, Suite, load, run_case
+from bbits_ref.conformance.suite import METHODS, SCHEMA_VERSION, Case, Suite, load, run_case
 
 __all__ = ["OutputResult", "CaseResult", "Report", "check", "compare", "load_adapter",
            "AdapterImportError"]

@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``export`` or ``check``; returns the exit status."""
-    from .checker import AdapterImportError, check, load_adapter
-    from .suite import SuiteError, export
+    from bbits_ref.conformance.checker import AdapterImportError, check, load_adapter
+    from bbits_ref.conformance.suite import SuiteError, export
 
     if args.conformance_command == "export":
         try:

@@ -20,9 +20,9 @@ import contextlib
 
 import numpy as np
 
-from .. import quantizer
-from ..gates import HardConcrete
-from .reference import ReferenceAdapter
+from bbits_ref.method import quantizer
+from bbits_ref.method.gates import HardConcrete
+from bbits_ref.conformance.reference import ReferenceAdapter
 
 __all__ = ["WrongDenominator", "HalfThreshold", "OwnNoise", "NoStraightThrough", "MUTANTS"]
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import bops, ops, prior
-from ..engine import Tensor
-from ..gates import HardConcrete, chain_gates, make_gate
-from ..models import lenet5
-from ..qnn import BBConfig
-from ..quantizer import bb_quantize
+from bbits_ref.method import bops
+from bbits_ref.autograd import ops
+from bbits_ref.method import prior
+from bbits_ref.autograd.engine import Tensor
+from bbits_ref.method.gates import HardConcrete, chain_gates, make_gate
+from bbits_ref.method.models import lenet5
+from bbits_ref.method.layers import BBConfig
+from bbits_ref.method.quantizer import bb_quantize
 
 __all__ = ["ReferenceAdapter", "adapter", "bops_layer_names", "PRIORS"]
 

@@ -46,10 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..gates import HC_GAMMA, HC_TEMPERATURE, HC_ZETA, HardConcrete
-from ..quantizer import BIT_WIDTHS, decompose, gates_for_bits, step_sizes
-from . import reference
+from bbits_ref._version import __version__
+from bbits_ref.method.gates import HC_GAMMA, HC_TEMPERATURE, HC_ZETA, HardConcrete
+from bbits_ref.method.quantizer import BIT_WIDTHS, decompose, gates_for_bits, step_sizes
+from bbits_ref.conformance import reference
 
 __all__ = ["SUITE_VERSION", "SCHEMA_VERSION", "METHODS", "Case", "Suite", "SuiteError",
            "build_cases", "export", "load", "check", "run_case", "flatten", "unflatten"]
@@ -585,8 +585,8 @@ def lenet5_fixture(seed: int = SEED) -> dict:
     weights moved off rounding ties, and the gate noise drawn away from the hard-concrete
     clamp.  Every array is float32-representable.  The batch is 8 other training images.
     """
-    from ..data import load_embedded_mnist, normalize_mnist
-    from ..models import lenet5
+    from bbits_ref.datasets.loaders import load_embedded_mnist, normalize_mnist
+    from bbits_ref.method.models import lenet5
 
     rng = np.random.default_rng(seed)
     data = load_embedded_mnist()
@@ -791,5 +791,5 @@ def _load_case(directory: Path, entry: dict, redo: str) -> Case:
 def check(directory, adapter, select=None):
     """Run ``adapter`` on every case of the suite in ``directory`` (or a loaded
     :class:`Suite`); see :func:`bbits_ref.conformance.checker.check`."""
-    from .checker import check as _check
+    from bbits_ref.conformance.checker import check as _check
     return _check(directory, adapter, select=select)

@@ -11,7 +11,7 @@ Modules (same vocabulary and spec sections as the reference):
   and a straight-through rounding;
 * :mod:`.gates` — hard-concrete and Gumbel-softmax gates, test-time gates, the chain (spec §3);
 * :mod:`.prior` — the regularizer of the official code (spec §4.3);
-* :mod:`.bops` — relative BOPs (spec §5; the arithmetic of :mod:`bbits_ref.bops`);
+* :mod:`.bops` — relative BOPs (spec §5; the arithmetic of :mod:`bbits_ref.method.bops`);
 * :mod:`.models` — ``LeNet5`` and ``VGG7`` as ``torch.nn.Module`` s with the reference's
   parameter names, and weight transfer in both directions (spec §6–§7);
 * :mod:`.adapter` — ``adapter``, the conformance protocol in float32 on the CPU.
@@ -27,12 +27,12 @@ except ImportError as err:           # pragma: no cover - exercised only without
         "Install it with: pip install 'bbits_ref[torch]'  (the NumPy reference, bbits_ref, "
         "works without it)") from err
 
-from .gates import (chain_gates, chain_gates_eval, deterministic_gates, gumbel_softmax_sample,
+from bbits_ref.torch_impl.gates import (chain_gates, chain_gates_eval, deterministic_gates, gumbel_softmax_sample,
                     hard_concrete_sample, prob_nonzero, uniform_noise)
-from .models import (BBNet, BBQuantizer, LeNet5, VGG7, from_reference, load_numpy_state,
+from bbits_ref.torch_impl.models import (BBNet, BBQuantizer, LeNet5, VGG7, from_reference, load_numpy_state,
                      state_dict_to_numpy, to_reference)
-from .prior import bop_regularizer, independent_regularizer, regularizer
-from .quantizer import bb_quantize, round_ste
+from bbits_ref.torch_impl.prior import bop_regularizer, independent_regularizer, regularizer
+from bbits_ref.torch_impl.quantizer import bb_quantize, round_ste
 
 __all__ = ["bb_quantize", "round_ste", "hard_concrete_sample", "gumbel_softmax_sample",
            "prob_nonzero", "deterministic_gates", "chain_gates", "chain_gates_eval",

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..qnn import BBConfig
-from . import bops as _bops
-from . import gates as _gates
-from . import prior as _prior
-from .models import LeNet5, load_numpy_state
-from .quantizer import bb_quantize
+from bbits_ref.method.layers import BBConfig
+from bbits_ref.torch_impl import bops as _bops
+from bbits_ref.torch_impl import gates as _gates
+from bbits_ref.torch_impl import prior as _prior
+from bbits_ref.torch_impl.models import LeNet5, load_numpy_state
+from bbits_ref.torch_impl.quantizer import bb_quantize
 
 __all__ = ["TorchAdapter", "adapter"]
 

@@ -1,4 +1,4 @@
-"""Relative BOPs of the torch models (spec §5), with the pure arithmetic of :mod:`bbits_ref.bops`.
+"""Relative BOPs of the torch models (spec §5), with the pure arithmetic of :mod:`bbits_ref.method.bops`.
 
 BOPs are a count, not a numeric kernel: nothing here is worth a second implementation, so the
 layer MACs and the formula come from the reference::
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import bops as _ref
+from bbits_ref.method import bops as _ref
 
 __all__ = ["layer_macs", "layer_costs", "relative_bops", "model_relative_bops"]
 
@@ -47,7 +47,7 @@ def _keep_fraction(z2, name: str) -> float:
 
 
 def layer_costs(layers: list[tuple[str, int]], gates: dict) -> list:
-    """One :class:`bbits_ref.bops.LayerCost` per layer from the test-time gates of its quantizers.
+    """One :class:`bbits_ref.method.bops.LayerCost` per layer from the test-time gates of its quantizers.
 
     ``gates`` maps quantizer names (``"conv1.weight_quantizer"``, ``"conv1.act_quantizer"``, …)
     to ``{"chain": (4,) 0/1, "z2": (C,) 0/1 or absent}``; a missing quantizer counts 32 bits.

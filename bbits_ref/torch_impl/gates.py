@@ -1,6 +1,6 @@
 """Stochastic gates in PyTorch: hard concrete (official) and Gumbel-softmax (spec §3).
 
-The formulas of :mod:`bbits_ref.gates`, vectorised over all the gates of a tensor::
+The formulas of :mod:`bbits_ref.method.gates`, vectorised over all the gates of a tensor::
 
     hard concrete  s = sigmoid((log u − log(1 − u) + φ)/β),  z = min(1, max(0, s·(ζ − γ) + γ))
                    π(φ) = P(z ≠ 0) = sigmoid(φ − β·log(−γ/ζ)),  test time: 1[P(z = 0) < 0.34]
@@ -8,7 +8,7 @@ The formulas of :mod:`bbits_ref.gates`, vectorised over all the gates of a tenso
                    q(z = 1) = sigmoid(φ),  test time: 1[φ > 0]
 
 with β = 2/3, γ = −0.1, ζ = 1.1.  The uniform noise u is given (a NumPy array or a tensor, as
-drawn by :meth:`bbits_ref.qnn.BBQuantizer.sample_noise`) or drawn from a ``torch.Generator``
+drawn by :meth:`bbits_ref.method.layers.BBQuantizer.sample_noise`) or drawn from a ``torch.Generator``
 with :func:`uniform_noise`; it is clamped to [1e−6, 1 − 1e−6] in the logits' dtype, as in the
 reference.  Constants are rounded to the logits' dtype first, so float32 runs the same
 arithmetic as the float32 reference.  A clamped hard-concrete gate gets no gradient (the
@@ -21,8 +21,8 @@ import math
 import numpy as np
 import torch
 
-from .. import gates as _ref
-from .quantizer import round_ste
+from bbits_ref.method import gates as _ref
+from bbits_ref.torch_impl.quantizer import round_ste
 
 __all__ = ["GATE_KINDS", "uniform_noise", "as_noise", "hard_concrete_sample",
            "gumbel_softmax_sample", "sample", "prob_nonzero", "prob_zero", "deterministic_gates",
@@ -205,7 +205,7 @@ def chain_gates(chain_logits: torch.Tensor, u=None, *, training: bool, hard_cut:
     Returns four entries: ``None`` for a gate that is off for good (φ ≤ −2 with ``hard_cut``,
     or above a gate that is 0 at test time), a 0-d tensor sample that keeps the graph to
     ``chain_logits`` (training; the four are sampled in one vectorised call), or a Python
-    0.0 / 1.0 (evaluation).  Same semantics as :func:`bbits_ref.gates.chain_gates`.
+    0.0 / 1.0 (evaluation).  Same semantics as :func:`bbits_ref.method.gates.chain_gates`.
     ``options`` (temperature, straight_through) go to the sample, ``threshold`` to the
     test-time rule.
     """

@@ -1,21 +1,21 @@
 """LeNet-5 and VGG-7 with Bayesian Bits quantizers as ``torch.nn.Module`` s (spec §6–§7).
 
-The structure and the parameter NAMES are those of :mod:`bbits_ref.models`, so state dicts map
+The structure and the parameter NAMES are those of :mod:`bbits_ref.method.models`, so state dicts map
 one to one (``"conv1.weight"``, ``"conv1.weight_quantizer.beta"``, ``".gate_logits"``,
 ``".prune_logits"``, ``".signed_flag"``, VGG's ``"conv1.bn.weight"`` … ``"num_batches_tracked"``)
 and weights move both ways with :func:`to_reference` / :func:`from_reference` (or
 :func:`state_dict_to_numpy` / :func:`load_numpy_state`).  Configuration is the reference's
-:class:`bbits_ref.qnn.BBConfig`.
+:class:`bbits_ref.method.layers.BBConfig`.
 
 * Training mode samples one gate value per gate per forward (spec §3.2) from the noise it is
-  given (``model(x, noise=...)``, the layout of :meth:`bbits_ref.models.BBNet.sample_noise`,
+  given (``model(x, noise=...)``, the layout of :meth:`bbits_ref.method.models.BBNet.sample_noise`,
   NumPy arrays or tensors) or draws it from a ``torch.Generator`` (``model(x, generator=g)``).
   Evaluation mode uses the deterministic test-time gates (spec §3.4).
 * Quantizer ranges are created lazily at the first forward (spec §2.1): call
   :meth:`BBNet.initialize` with two training images before building optimizers (spec §7.3).
 * VGG-7 folds batch norm into the quantized weight and corrects it with batch statistics from a
   second, full-precision conv (spec §6).
-* ``LeNet5(rng=seed)`` draws its initial weights exactly as ``bbits_ref.models.lenet5(rng=seed)``
+* ``LeNet5(rng=seed)`` draws its initial weights exactly as ``bbits_ref.method.models.lenet5(rng=seed)``
   does (NumPy, PyTorch's default init distribution), so both start from the same network.
 * For speed on the CPU, and without changing any value or gradient: max-pooling is computed
   from strided taps (:class:`MaxPool2d`), and the ReLU before an (unsigned) activation
@@ -31,14 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .. import models as _ref_models
-from ..nn import as_generator
-from ..qnn import BBConfig
-from ..quantizer import gates_for_bits
-from . import bops as _bops
-from . import gates as gates_mod
-from .prior import bop_regularizer, independent_regularizer
-from .quantizer import bb_quantize
+from bbits_ref.method import models as _ref_models
+from bbits_ref.autograd.nn import as_generator
+from bbits_ref.method.layers import BBConfig
+from bbits_ref.method.quantizer import gates_for_bits
+from bbits_ref.torch_impl import bops as _bops
+from bbits_ref.torch_impl import gates as gates_mod
+from bbits_ref.torch_impl.prior import bop_regularizer, independent_regularizer
+from bbits_ref.torch_impl.quantizer import bb_quantize
 
 __all__ = ["BBQuantizer", "MaxPool2d", "QConv2d", "QLinear", "QConv2dBN", "QLinearBN", "BBNet",
            "LeNet5", "VGG7", "state_dict_to_numpy", "load_numpy_state", "to_reference",
@@ -70,7 +70,7 @@ def _gate_settings(config: BBConfig) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------- the quantizer
 
 class BBQuantizer(nn.Module):
-    """One Bayesian Bits quantizer (spec §1–§3): :class:`bbits_ref.qnn.BBQuantizer` in torch.
+    """One Bayesian Bits quantizer (spec §1–§3): :class:`bbits_ref.method.layers.BBQuantizer` in torch.
 
     Parameters: ``beta`` (range, created at the first forward), ``gate_logits`` (φ4, φ8, φ16,
     φ32), ``prune_logits`` (φ2 per output channel, weights with pruning only); buffer
@@ -210,7 +210,7 @@ class BBQuantizer(nn.Module):
 # --------------------------------------------------------------------------- layers
 
 def _uniform(rng: np.random.Generator, bound: float, shape, dtype, device) -> nn.Parameter:
-    """PyTorch's default init U(−1/√fan_in, 1/√fan_in), drawn as bbits_ref.nn draws it."""
+    """PyTorch's default init U(−1/√fan_in, 1/√fan_in), drawn as bbits_ref.autograd.nn draws it."""
     data = rng.uniform(-bound, bound, size=shape).astype(_NP[dtype])
     return nn.Parameter(torch.as_tensor(data, device=device))
 
@@ -504,7 +504,7 @@ class BBNet(nn.Module):
     def sample_noise(self, generator: torch.Generator | None = None) -> dict:
         """Uniform noise for one training step, per quantizer (prune first, then chain).
 
-        The layout of :meth:`bbits_ref.models.BBNet.sample_noise`, as tensors on the model's
+        The layout of :meth:`bbits_ref.method.models.BBNet.sample_noise`, as tensors on the model's
         device drawn from ``generator``.
         """
         out = {}
@@ -612,7 +612,7 @@ def _config(config, preset: str) -> BBConfig:
     if config is None:
         return BBConfig(chain_init=preset)
     if not isinstance(config, BBConfig):
-        raise TypeError(f"config must be a bbits_ref.qnn.BBConfig; got {type(config).__name__}")
+        raise TypeError(f"config must be a bbits_ref.method.layers.BBConfig; got {type(config).__name__}")
     return config
 
 
@@ -623,7 +623,7 @@ def _check_dtype(dtype) -> torch.dtype:
 
 
 class LeNet5(BBNet):
-    """LeNet-5 for 1×28×28 MNIST (spec §7.1), as :func:`bbits_ref.models.lenet5`.
+    """LeNet-5 for 1×28×28 MNIST (spec §7.1), as :func:`bbits_ref.method.models.lenet5`.
 
     conv 1→32 5×5, ReLU, act q, pool → conv 32→64 5×5, ReLU, act q, pool → flatten 1024 →
     fc 1024→512, ReLU, act q → fc 512→10 (FP logits; weights quantized, never pruned).
@@ -644,7 +644,7 @@ class LeNet5(BBNet):
 
 
 class VGG7(BBNet):
-    """VGG-7 for 3×32×32 CIFAR-10 with BN folding (spec §7.2, §6), as :func:`bbits_ref.models.vgg7`.
+    """VGG-7 for 3×32×32 CIFAR-10 with BN folding (spec §7.2, §6), as :func:`bbits_ref.method.models.vgg7`.
 
     ``width`` scales every hidden channel count and the fc1 width (``max(1, round(c·width))``).
     """
@@ -693,7 +693,7 @@ def _np_dtype(model: BBNet):
 
 
 def to_reference(model: BBNet):
-    """The same network as a :class:`bbits_ref.models.BBNet` (same config, dtype, weights, mode)."""
+    """The same network as a :class:`bbits_ref.method.models.BBNet` (same config, dtype, weights, mode)."""
     if not isinstance(model, BBNet):
         raise TypeError(f"to_reference needs a torch_impl BBNet (LeNet5 or VGG7); got "
                         f"{type(model).__name__}")
@@ -708,10 +708,10 @@ def to_reference(model: BBNet):
 
 
 def from_reference(ref_model, *, device=None) -> BBNet:
-    """The same network as a torch :class:`BBNet` from a :class:`bbits_ref.models.BBNet`."""
+    """The same network as a torch :class:`BBNet` from a :class:`bbits_ref.method.models.BBNet`."""
     name = getattr(ref_model, "name", None)
     if not isinstance(ref_model, _ref_models.BBNet) or name is None:
-        raise TypeError(f"from_reference needs a bbits_ref.models.BBNet (lenet5() or vgg7()); "
+        raise TypeError(f"from_reference needs a bbits_ref.method.models.BBNet (lenet5() or vgg7()); "
                         f"got {type(ref_model).__name__}")
     state = ref_model.state_dict()
     dtype = _TORCH[np.dtype(next(v.dtype for v in state.values() if v.dtype.kind == "f"))]

@@ -7,7 +7,7 @@ For quantizer t with MAC weight w_t = MAC_t / MAC_max and gate costs c(b) = w_t�
     without pruning  R_t = 1 + c(4)π4 + c(8)π4π8 + c(16)π4π8π16 + c(32)π4π8π16π32
     independent      each gate pays c(b)·π_b alone (c(2)·mean_c π_{2,c} with pruning; 1 + … without)
 
-The sums run in the order written, as in :mod:`bbits_ref.prior`; autograd gives the gradient
+The sums run in the order written, as in :mod:`bbits_ref.method.prior`; autograd gives the gradient
 with respect to the logits (∂π/∂φ = π(1 − π), then the product rule).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from numbers import Real
 
 import torch
 
-from .gates import _check_gate_kind, _const, prob_nonzero
+from bbits_ref.torch_impl.gates import _check_gate_kind, _const, prob_nonzero
 
 __all__ = ["PRIOR_KINDS", "REG_TYPES", "bop_regularizer", "independent_regularizer",
            "regularizer"]

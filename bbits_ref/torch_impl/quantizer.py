@@ -1,6 +1,6 @@
 """The Bayesian Bits quantizer as one fused ``torch.autograd.Function`` (spec §2.2–2.6).
 
-The same function as :func:`bbits_ref.quantizer.bb_quantize`, with the official arithmetic
+The same function as :func:`bbits_ref.method.quantizer.bb_quantize`, with the official arithmetic
 (spec §2.3a), written for speed::
 
     hi = (1 − ε)·β,   lo = −hi (signed) or 0 (unsigned),   ε = 1e−7
@@ -10,7 +10,7 @@ The same function as :func:`bbits_ref.quantizer.bb_quantize`, with the official 
     x_q = z2 ⊙ (A2 + z4·(e4 + z8·(e8 + z16·(e16 + z32·e32))))
 
 The scalars (hi, lo, the steps) are computed by the reference's own helpers
-(:func:`bbits_ref.quantizer.clip_range`, :func:`~bbits_ref.quantizer.step_sizes`) in the
+(:func:`bbits_ref.method.quantizer.clip_range`, :func:`~bbits_ref.method.quantizer.step_sizes`) in the
 tensor's dtype, and every elementwise step is one IEEE operation in that dtype, in the
 reference's order.  So in float64 the forward values equal the reference bit for bit, and in
 float32 they equal the float32 reference.  (An FMA or a reordered residual would change the
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from .. import quantizer as _ref
+from bbits_ref.method import quantizer as _ref
 
 __all__ = ["CLIP_EPS", "CLIP_MODES", "GATE_NAMES", "round_ste", "bb_quantize", "fixed_quantize"]
 
@@ -318,7 +318,7 @@ def bb_quantize(x, beta, z2=None, z4=None, z8=None, z16=None, z32=None, *, signe
                 clip: str = "official", channel_axis: int = 0) -> torch.Tensor:
     """Bayesian Bits quantization (spec §2.2–2.6), one fused autograd Function.
 
-    Arguments as :func:`bbits_ref.quantizer.bb_quantize`: ``x`` any shape (float32/float64,
+    Arguments as :func:`bbits_ref.method.quantizer.bb_quantize`: ``x`` any shape (float32/float64,
     any device); ``beta`` scalar tensor > 0; ``z2`` ``(C,)`` pruning gates for
     ``C = x.shape[channel_axis]`` (None: no pruning); ``z4…z32`` scalar gates in [0, 1] (None
     or exactly 0: off, with every gate above it); ``signed`` True for weights ([−β, β]),

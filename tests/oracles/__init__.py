@@ -15,14 +15,14 @@ import pkgutil
 def import_all_primitives() -> None:
     """Import every module of bbits_ref that registers primitives.
 
-    ``bbits_ref.quantizer`` may not exist yet; only its absence is tolerated, any error inside it
+    ``bbits_ref.method.quantizer`` may not exist yet; only its absence is tolerated, any error inside it
     is raised.
     """
     import bbits_ref  # noqa: F401  (registers the ops)
     try:
-        importlib.import_module("bbits_ref.quantizer")
+        importlib.import_module("bbits_ref.method.quantizer")
     except ModuleNotFoundError as exc:
-        if exc.name != "bbits_ref.quantizer":
+        if exc.name != "bbits_ref.method.quantizer":
             raise
 
 
@@ -43,7 +43,7 @@ def collect_oracles() -> dict:
 @contextlib.contextmanager
 def temporary_primitive(name, *args, **kwargs):
     """Register a primitive for one test and always remove it again."""
-    from bbits_ref.engine import PRIMITIVES, register
+    from bbits_ref.autograd.engine import PRIMITIVES, register
     try:
         yield register(name, *args, **kwargs)
     finally:

@@ -1,4 +1,4 @@
-"""HIPS-autograd versions of the primitives in ``bbits_ref.ops``, written from the math.
+"""HIPS-autograd versions of the primitives in ``bbits_ref.autograd.ops``, written from the math.
 
 These are the third gradient oracle (after finite differences and the projection check): the
 forward is written differently from the engine's (conv2d as a sum over kernel offsets of shifted

@@ -1,6 +1,6 @@
 """HIPS-autograd versions of the gate and prior formulas (spec §3, §4), written from the math.
 
-Independent of :mod:`bbits_ref.gates` and :mod:`bbits_ref.prior`: the probabilities come from the
+Independent of :mod:`bbits_ref.method.gates` and :mod:`bbits_ref.method.prior`: the probabilities come from the
 CDF of the stretched variable (1 − P(s̄ ≤ 0)) instead of the closed-form offset, the chain products
 from exp(cumsum(log π)), the regularizer in its factored form (w · mean π2 · [2 + 4π4 + …]) and the
 KL from its entropy form.  autograd derives every gradient.  This module adds no primitive, so it

@@ -3,7 +3,7 @@
 The whole engine is this file: a :class:`Tensor` that remembers the primitive that made it,
 a table of :class:`Primitive` s (forward function, one vector-Jacobian product per argument and
 a one-line math docstring, side by side), an iterative topological sort for ``backward()``, and a
-single engine-level :func:`unbroadcast`.  The primitives themselves live in :mod:`bbits_ref.ops`.
+single engine-level :func:`unbroadcast`.  The primitives themselves live in :mod:`bbits_ref.autograd.ops`.
 
 Notebook: ``notebooks/01_autograd_engine.ipynb``.
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import bops
-from .engine import Tensor, as_tensor, no_grad
-from .nn import Flatten, MaxPool2d, Module, Parameter, as_generator
-from .qnn import BBConfig, BBQuantizer, QConv2d, QConv2dBN, QLinear, QLinearBN, QuantizedLayer
+from bbits_ref.method import bops
+from bbits_ref.autograd.engine import Tensor, as_tensor, no_grad
+from bbits_ref.autograd.nn import Flatten, MaxPool2d, Module, Parameter, as_generator
+from bbits_ref.method.layers import BBConfig, BBQuantizer, QConv2d, QConv2dBN, QLinear, QLinearBN, QuantizedLayer
 
 __all__ = ["BBNet", "lenet5", "vgg7", "count_parameters"]
 
@@ -22,10 +22,10 @@ class BBNet(Module):
 
     Parameters
     ----------
-    layers : list of (name, module) in order: :class:`~bbits_ref.qnn.QuantizedLayer` s,
-        :class:`~bbits_ref.nn.MaxPool2d` and :class:`~bbits_ref.nn.Flatten`.
+    layers : list of (name, module) in order: :class:`~bbits_ref.method.layers.QuantizedLayer` s,
+        :class:`~bbits_ref.autograd.nn.MaxPool2d` and :class:`~bbits_ref.autograd.nn.Flatten`.
     input_shape : (C, H, W) of one example; used to count MACs (spec §4.4).
-    config : the :class:`~bbits_ref.qnn.BBConfig` the layers were built with.
+    config : the :class:`~bbits_ref.method.layers.BBConfig` the layers were built with.
     """
 
     def __init__(self, layers: list, input_shape: tuple, config: BBConfig, name: str) -> None:
@@ -205,8 +205,8 @@ def vgg7(width: float = 1.0, config: BBConfig | None = None, *, rng=0,
     Six 3×3 convs (128, 128, pool, 256, 256, pool, 512, 512, pool), each BN-folded with batch
     statistics correction, ReLU and an activation quantizer; fc 8192→1024 (BN-folded, ReLU,
     act q); fc 1024→10 (bias, logits full precision, weights never pruned).  ``width`` scales
-    every hidden channel count and the fc1 width (:func:`bbits_ref.bops.vgg7_widths`) for runs
-    that must fit a laptop; the MAC table then matches :func:`bbits_ref.bops.vgg7_layer_macs`.
+    every hidden channel count and the fc1 width (:func:`bbits_ref.method.bops.vgg7_widths`) for runs
+    that must fit a laptop; the MAC table then matches :func:`bbits_ref.method.bops.vgg7_layer_macs`.
     """
     c1, c2, c3, hidden = bops.vgg7_widths(width)
     cfg = _config(config, "cifar10")

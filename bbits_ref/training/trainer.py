@@ -21,15 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ops
-from .checkpoint import (CheckpointError, load_checkpoint, restore_rng, rng_state,
+from bbits_ref.autograd import ops
+from bbits_ref.training.checkpoints import (CheckpointError, load_checkpoint, restore_rng, rng_state,
                          save_checkpoint, write_json)
-from .data import Dataset, augment_cifar, batches, load_dataset
-from .engine import no_grad
-from .models import BBNet, lenet5, vgg7
-from .optim import Adam, linear_decay_last_third
-from .qnn import BBConfig
-from .readout import model_readout
+from bbits_ref.datasets.loaders import Dataset, augment_cifar, batches, load_dataset
+from bbits_ref.autograd.engine import no_grad
+from bbits_ref.method.models import BBNet, lenet5, vgg7
+from bbits_ref.autograd.optim import Adam, linear_decay_last_third
+from bbits_ref.method.layers import BBConfig
+from bbits_ref.method.readout import model_readout
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train", "build_model", "history_record",
            "PRESETS"]
@@ -182,7 +182,7 @@ class Trainer:
     config : TrainConfig
     out_dir : where ``config.json``, ``history.json``, ``summary.json``, ``checkpoint.npz`` and
         ``figures/`` go (None: keep everything in memory).
-    data : optional :class:`bbits_ref.data.Dataset` (raw images, normalised per batch as in
+    data : optional :class:`bbits_ref.datasets.loaders.Dataset` (raw images, normalised per batch as in
         spec §7.3), or a tuple ``(x_train, y_train, x_test, y_test)`` of already normalised
         (N, C, H, W) float arrays; by default the config's dataset is loaded.
     progress : show tqdm progress bars (notebook-aware).

@@ -19,11 +19,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from . import bops, ops, prior
-from . import gates as gates_mod
-from .engine import Tensor
-from .nn import BatchNorm1d, BatchNorm2d, Conv2d, Linear, Module, Parameter, as_generator
-from .quantizer import CLIP_MODES, bb_quantize, check_bits, gates_for_bits, init_range
+from bbits_ref.method import bops
+from bbits_ref.autograd import ops
+from bbits_ref.method import prior
+from bbits_ref.method import gates as gates_mod
+from bbits_ref.autograd.engine import Tensor
+from bbits_ref.autograd.nn import BatchNorm1d, BatchNorm2d, Conv2d, Linear, Module, Parameter, as_generator
+from bbits_ref.method.quantizer import CLIP_MODES, bb_quantize, check_bits, gates_for_bits, init_range
 
 __all__ = ["BBConfig", "GATE_PRESETS", "BBQuantizer", "QConv2d", "QLinear", "QConv2dBN",
            "QLinearBN", "QuantizedLayer"]

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import bops
-from .qnn import BBQuantizer
+from bbits_ref.method import bops
+from bbits_ref.method.layers import BBQuantizer
 
 __all__ = ["BIT_CHOICES", "QuantizerReadout", "ModelReadout", "quantizer_readout",
            "model_readout", "effective_chain_probs"]
@@ -138,7 +138,7 @@ class ModelReadout:
 
 
 def model_readout(model) -> ModelReadout:
-    """Readout of a :class:`~bbits_ref.models.BBNet` (works before the ranges are initialised).
+    """Readout of a :class:`~bbits_ref.method.models.BBNet` (works before the ranges are initialised).
 
     BOPs follow spec §5: the first layer's input counts as 8 bits, a layer's activation bits
     are those of the previous layer's output quantizer, keep ratios include the previous

@@ -10,7 +10,7 @@ and the code uses the right-hand side with λ_b ∝ b·MAC_t/MAC_max (spec §4.3
 its bit width times the probability that the chain is on up to it.  That product is what makes
 the prior *autoregressive*; :func:`independent_regularizer` drops it, for the ablation.
 
-The functions take gate probabilities (``gate.prob_nonzero(logits)``, see :mod:`bbits_ref.gates`),
+The functions take gate probabilities (``gate.prob_nonzero(logits)``, see :mod:`bbits_ref.method.gates`),
 written with engine ops, so the gradient reaches the gate logits.
 
 Notebook: ``notebooks/04_prior.ipynb``.
@@ -22,10 +22,10 @@ from numbers import Real
 
 import numpy as np
 
-from . import ops
-from .engine import Tensor, get_default_dtype
-from .gates import CHAIN_BITS      # (4, 8, 16, 32): the scalar gates of every quantizer
-from .quantizer import BIT_WIDTHS
+from bbits_ref.autograd import ops
+from bbits_ref.autograd.engine import Tensor, get_default_dtype
+from bbits_ref.method.gates import CHAIN_BITS      # (4, 8, 16, 32): the scalar gates of every quantizer
+from bbits_ref.method.quantizer import BIT_WIDTHS
 
 __all__ = ["mac_weights", "kl_bernoulli", "autoregressive_kl", "bop_regularizer",
            "independent_regularizer", "prior_strengths", "prior_conditionals", "chain_configurations",

@@ -13,8 +13,8 @@ from typing import Iterator
 
 import numpy as np
 
-from . import ops
-from .engine import Tensor, _check_float_dtype
+from bbits_ref.autograd import ops
+from bbits_ref.autograd.engine import Tensor, _check_float_dtype
 
 __all__ = ["Parameter", "Module", "Linear", "Conv2d", "BatchNorm1d", "BatchNorm2d", "MaxPool2d",
            "ReLU", "Flatten", "Sequential", "as_generator"]

@@ -3,8 +3,8 @@
 Three data sets, all returned as a :class:`Dataset` of raw ``uint8`` images and ``int64`` labels:
 
 * ``"mnist-small"``: a class-balanced subset of MNIST embedded in the package (1,000 training and
-  200 test images per class, ``bbits_ref/data/mnist_subset.npz``, CC BY-SA 3.0: see
-  ``bbits_ref/data/MNIST_LICENSE.txt``).  Works offline; notebooks and CI use it.
+  200 test images per class, ``bbits_ref/datasets/embedded/mnist_subset.npz``, CC BY-SA 3.0: see
+  ``bbits_ref/datasets/embedded/MNIST_LICENSE.txt``).  Works offline; notebooks and CI use it.
 * ``"mnist"``: the full set from its standard IDX files (:func:`load_mnist`, :func:`download_mnist`).
 * ``"cifar10"``: the "python version" pickles (:func:`load_cifar10`, :func:`download_cifar10`),
   read with a restricted unpickler that can build arrays, lists and dicts but cannot run code.
@@ -15,7 +15,7 @@ downloaders write (``<root>/mnist/*.gz``, ``<root>/cifar10/cifar-10-python.tar.g
 touches the network unless you call a downloader or pass ``download=True``.
 
 The pipelines of spec §7.3, applied per minibatch of :func:`batches` (as
-:class:`bbits_ref.train.Trainer` does):
+:class:`bbits_ref.training.trainer.Trainer` does):
 
 * MNIST: ``ToTensor`` only, x / 255 as float32, shape (N, 1, 28, 28): :func:`normalize_mnist`;
 * CIFAR-10 training: random 32x32 crop of the image zero-padded by 4 pixels, then a horizontal
@@ -231,9 +231,9 @@ def load_embedded_mnist(verify: bool = True) -> Dataset:
     images, the first 1,000 / 200 of each class in the order of the original files.
 
     Built by ``scripts/build_embedded_mnist.py``; ``verify`` checks the file's SHA-256 against
-    ``EMBEDDED_MNIST_SHA256``.  Licence: CC BY-SA 3.0 (``bbits_ref/data/MNIST_LICENSE.txt``).
+    ``EMBEDDED_MNIST_SHA256``.  Licence: CC BY-SA 3.0 (``bbits_ref/datasets/embedded/MNIST_LICENSE.txt``).
     """
-    resource = importlib.resources.files(__package__) / "data" / EMBEDDED_MNIST_FILE
+    resource = importlib.resources.files(__package__) / "embedded" / EMBEDDED_MNIST_FILE
     try:
         raw = resource.read_bytes()
     except FileNotFoundError as exc:

@@ -1,8 +1,8 @@
 """Gradient-check inputs for every primitive: the table that the checks and tests iterate over.
 
 :func:`make_case` builds valid float64 inputs for a primitive around a shape (broadcasting
-included); primitives registered outside :mod:`bbits_ref.ops` add theirs with
-:func:`register_case`.  Used by :mod:`bbits_ref.gradcheck` and the test suite.
+included); primitives registered outside :mod:`bbits_ref.autograd.ops` add theirs with
+:func:`register_case`.  Used by :mod:`bbits_ref.autograd.gradcheck` and the test suite.
 """
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ _EXTRA_CASES: dict[str, Callable[[np.random.Generator, tuple, bool], Case]] = {}
 
 
 def register_case(name: str, maker: Callable[[np.random.Generator, tuple, bool], Case]) -> None:
-    """Give a primitive defined outside :mod:`bbits_ref.ops` its gradient-check inputs."""
+    """Give a primitive defined outside :mod:`bbits_ref.autograd.ops` its gradient-check inputs."""
     _EXTRA_CASES[name] = maker
 
 

@@ -1,8 +1,8 @@
 """Interactive explorers for the course notebooks: ipywidgets controls wired to library functions.
 
 Every explorer is thin wiring and holds no math of its own: each change of a control calls the
-tested library functions again (:mod:`~bbits_ref.quantizer`, :mod:`~bbits_ref.gates`,
-:mod:`~bbits_ref.prior`, :mod:`~bbits_ref.bops`, :mod:`~bbits_ref.gradcheck`) and shows what
+tested library functions again (:mod:`~bbits_ref.method.quantizer`, :mod:`~bbits_ref.method.gates`,
+:mod:`~bbits_ref.method.prior`, :mod:`~bbits_ref.method.bops`, :mod:`~bbits_ref.autograd.gradcheck`) and shows what
 they returned.  All explorers share one shape, so tests can drive them without a browser:
 
 * ``controls`` — a dict of ipywidgets, e.g. ``explorer.controls["bits"].value = 4``;
@@ -39,11 +39,15 @@ import numpy as np
 try:
     import ipywidgets as widgets
 except ImportError as exc:       # an optional dependency: say how to get it
-    raise ImportError("bbits_ref.widgets needs ipywidgets (the notebooks' sliders); install it "
+    raise ImportError("bbits_ref.course.widgets needs ipywidgets (the notebooks' sliders); install it "
                       "with: pip install 'bbits-ref[notebooks]' (or pip install ipywidgets)") from exc
 
-from . import bops, gates, gradcheck, prior, quantizer
-from .engine import PRIMITIVES, Tensor, default_dtype, no_grad
+from bbits_ref.method import bops
+from bbits_ref.method import gates
+from bbits_ref.autograd import gradcheck
+from bbits_ref.method import prior
+from bbits_ref.method import quantizer
+from bbits_ref.autograd.engine import PRIMITIVES, Tensor, default_dtype, no_grad
 
 __all__ = ["Explorer", "AutogradExplorer", "QuantizerExplorer", "GateExplorer", "PriorExplorer",
            "BopsExplorer", "TrainingReplay"]
@@ -171,8 +175,8 @@ class Explorer:
 # =========================================================================== 01: autograd
 
 class AutogradExplorer(Explorer):
-    """Notebook 01: pick a primitive of :data:`bbits_ref.engine.PRIMITIVES`, see its math line and
-    the result of a gradient check of its VJP (:func:`bbits_ref.gradcheck.check_primitive`).
+    """Notebook 01: pick a primitive of :data:`bbits_ref.autograd.engine.PRIMITIVES`, see its math line and
+    the result of a gradient check of its VJP (:func:`bbits_ref.autograd.gradcheck.check_primitive`).
 
     state: ``{"primitive", "math", "ok", "max_abs_err", "max_rel_err", "method", "seed"}``.
     """
@@ -215,10 +219,10 @@ class QuantizerExplorer(Explorer):
     """Notebook 02: the Bayesian Bits quantizer of spec §2 on a sweep of inputs x.
 
     Controls: ``beta`` (β, the range), ``bits`` (2/4/8/16 through 0/1 gates,
-    :func:`~bbits_ref.quantizer.gates_for_bits`), ``gates`` ("bits" or "fractional"),
+    :func:`~bbits_ref.method.quantizer.gates_for_bits`), ``gates`` ("bits" or "fractional"),
     ``z4`` and ``z8`` (fractional gates), ``signed`` (weights [−β, β] or activations [0, β]).
 
-    x_q comes from :func:`~bbits_ref.quantizer.bb_quantize`; the errors are measured on a dense,
+    x_q comes from :func:`~bbits_ref.method.quantizer.bb_quantize`; the errors are measured on a dense,
     evenly spaced sweep of the clipping range [lo, hi] (so clipping error is not included).
 
     state: ``beta, signed, mode, bits (None in fractional mode), z4, z8, step_sizes {b: s_b},
@@ -412,7 +416,7 @@ class GateExplorer(Explorer):
             self.controls[name].disabled = gumbel
 
     def gate(self) -> gates.Gate:
-        """The gate object for the current controls (:func:`bbits_ref.gates.make_gate`)."""
+        """The gate object for the current controls (:func:`bbits_ref.method.gates.make_gate`)."""
         c = {k: w.value for k, w in self.controls.items()}
         if c["kind"] == "hard_concrete":
             return gates.make_gate("hard_concrete", temperature=c["temperature"],
@@ -500,11 +504,11 @@ class PriorExplorer(Explorer):
     Controls: ``mu`` (μ), ``mac_weight`` (w_t = MAC_t / MAC_max), ``phi2``, ``phi4``, ``phi8``
     (φ16, φ32 are fixed at construction, −6 as on MNIST).  Probabilities π_b come from
     :meth:`HardConcrete.prob_nonzero`; the penalties μ·R_t from
-    :func:`~bbits_ref.prior.bop_regularizer` (autoregressive, the official one) and
-    :func:`~bbits_ref.prior.independent_regularizer`; the gradients from the engine's backward.
+    :func:`~bbits_ref.method.prior.bop_regularizer` (autoregressive, the official one) and
+    :func:`~bbits_ref.method.prior.independent_regularizer`; the gradients from the engine's backward.
 
     state: ``mu, mac_weight, logits {b: φ_b}, prob_nonzero {b: π_b}, lambdas {b: λ_b}``
-    (:func:`~bbits_ref.prior.prior_strengths`), ``autoregressive, independent`` (μ·R_t),
+    (:func:`~bbits_ref.method.prior.prior_strengths`), ``autoregressive, independent`` (μ·R_t),
     ``grad_autoregressive, grad_independent`` ({b: ∂(μ·R_t)/∂φ_b}), ``kl_exact`` (the exact
     autoregressive KL of spec §4.2).
     """
@@ -516,7 +520,7 @@ class PriorExplorer(Explorer):
                  plot: bool = True) -> None:
         mu = _check_in_range("mu", mu, 1e-3, 1.0, "μ is the regularization strength")
         mac_weight = _check_in_range("mac_weight", mac_weight, 0.01, 1.0,
-                                     "it is MAC_t / MAC_max, see bbits_ref.prior.mac_weights")
+                                     "it is MAC_t / MAC_max, see bbits_ref.method.prior.mac_weights")
         logits = [_check_in_range(f"phi{b}", v, -8.0, 8.0, "gate logits φ")
                   for b, v in zip(self.BITS, (phi2, phi4, phi8, phi16, phi32))]
         self.fixed_logits = tuple(logits[3:])
@@ -596,9 +600,9 @@ class BopsExplorer(Explorer):
     next three sliders edit), ``w_bits`` (its weight bits), ``a_bits`` (the bits of its output
     activation, which feeds the next layer; none for the last layer), ``keep`` (fraction of its
     output channels kept; none for the last layer), ``uniform_w`` / ``uniform_a`` (the uniform
-    baseline).  Costs come from :func:`~bbits_ref.bops.sequential_layer_costs` and
-    :func:`~bbits_ref.bops.relative_bops`; the baseline from
-    :func:`~bbits_ref.bops.uniform_relative_bops`.
+    baseline).  Costs come from :func:`~bbits_ref.method.bops.sequential_layer_costs` and
+    :func:`~bbits_ref.method.bops.relative_bops`; the baseline from
+    :func:`~bbits_ref.method.bops.uniform_relative_bops`.
 
     state: ``model, width, w_bits [per layer], a_bits [per layer but the last], keep [per layer],
     layers`` (the LayerCost list), ``relative_bops, uniform_relative_bops, table`` (text).
@@ -643,7 +647,7 @@ class BopsExplorer(Explorer):
         self.update()
 
     def layer_macs(self) -> list[tuple[str, int]]:
-        """(name, MACs) of the selected model (:mod:`bbits_ref.bops`)."""
+        """(name, MACs) of the selected model (:mod:`bbits_ref.method.bops`)."""
         if self.controls["model"].value == "lenet5":
             return bops.lenet5_layer_macs()
         return bops.vgg7_layer_macs(self.controls["width"].value)
@@ -756,7 +760,7 @@ def _load_history(history) -> list:
     for i, rec in enumerate(history):
         if not isinstance(rec, dict):
             raise TypeError(f"history record {i} is a {type(rec).__name__}, not a dict; expected "
-                            "the records of bbits_ref.train.history_record")
+                            "the records of bbits_ref.training.trainer.history_record")
     return list(history)
 
 
@@ -770,7 +774,7 @@ def _epoch_records(history: list) -> list:
         missing = [k for k in ("epoch", "relative_bops", "test_acc", "quantizers") if k not in rec]
         if missing:
             raise ValueError(f"epoch record {rec.get('epoch', '?')} has no {missing}; expected the "
-                             "records of bbits_ref.train.history_record")
+                             "records of bbits_ref.training.trainer.history_record")
         for name, q in rec["quantizers"].items():
             if not isinstance(q, dict) or "bits" not in q or "kept" not in q:
                 raise ValueError(f"epoch record {rec['epoch']}: quantizer {name!r} has no 'bits' "
@@ -827,7 +831,7 @@ class TrainingReplay(Explorer):
                 + _table(["quantizer", "bits", "E[bits]", "kept channels"], rows))
 
     def _draw(self, fig) -> None:
-        from .plotting import plot_bops_accuracy
+        from bbits_ref.plotting import plot_bops_accuracy
         ax = fig.subplots()
         plot_bops_accuracy(self.history, ax=ax)
         s = self.state

@@ -3,7 +3,7 @@
 A Bayesian Bits quantizer multiplies each residual by a binary gate z_b ∈ {0, 1}.  During
 training z_b is a reparameterised relaxed sample, so the loss is differentiable in the gate logit
 φ_b; at test time the gate is a deterministic 0/1 decision.  Everything here is written with the
-primitives of :mod:`bbits_ref.ops`, so gradients flow from a sample (or a probability) back to
+primitives of :mod:`bbits_ref.autograd.ops`, so gradients flow from a sample (or a probability) back to
 the logits without any gradient rule of its own.
 
 * :class:`HardConcrete`: the L0 paper's stretched and clamped binary concrete (spec §3.2–3.4),
@@ -24,8 +24,8 @@ import math
 
 import numpy as np
 
-from . import ops
-from .engine import Tensor, get_default_dtype
+from bbits_ref.autograd import ops
+from bbits_ref.autograd.engine import Tensor, get_default_dtype
 
 __all__ = [
     "HC_TEMPERATURE", "HC_GAMMA", "HC_ZETA", "HC_THRESHOLD", "HARD_CUT_LOGIT", "NOISE_CLAMP",

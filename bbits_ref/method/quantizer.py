@@ -52,9 +52,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import ops
-from .cases import Case, register_case
-from .engine import Tensor, register, ste_round
+from bbits_ref.autograd import ops
+from bbits_ref.autograd.gradcheck_cases import Case, register_case
+from bbits_ref.autograd.engine import Tensor, register, ste_round
 
 __all__ = ["BIT_WIDTHS", "CLIP_EPS", "CLIP_MODES", "check_bits", "init_range", "clip_range",
            "step_sizes", "decompose", "quantize_direct", "bb_quantize", "fixed_quantize",
@@ -175,8 +175,8 @@ def _residuals(x_c: np.ndarray, steps, depth: int, round_fn) -> list:
     """``[A2, e4, …]`` up to ``depth`` residuals (spec §2.4), with the official arithmetic.
 
     ``e_{2b} = s_{2b}·R(r/s_{2b})`` where the residual ``r = x_c − A2 − e4 − …`` is formed left
-    to right.  ``round_fn`` is :func:`~bbits_ref.engine.ste_round` in the primitive (so that
-    :func:`~bbits_ref.engine.frozen_rounding` sees every rounding) and ``np.round`` elsewhere.
+    to right.  ``round_fn`` is :func:`~bbits_ref.autograd.engine.ste_round` in the primitive (so that
+    :func:`~bbits_ref.autograd.engine.frozen_rounding` sees every rounding) and ``np.round`` elsewhere.
     """
     parts = [round_fn(x_c / steps[0])]
     parts[0] *= steps[0]                      # A2
@@ -467,7 +467,7 @@ def bb_quantize_composite(x, beta, z2=None, z4=None, z8=None, z16=None, z32=None
 # --------------------------------------------------------------------------- gradient-check case
 
 def _gradcheck_case(rng: np.random.Generator, shape: tuple, broadcast: bool) -> Case:
-    """Inputs for ``python -m bbits_ref.gradcheck bb_quantize`` (float64, rounding frozen there).
+    """Inputs for ``python -m bbits_ref.autograd.gradcheck bb_quantize`` (float64, rounding frozen there).
 
     β ~ U(0.5, 2); x spans the range and beyond (saturated elements exercise the clip path of
     ∂/∂β) but stays > 1e−3·β away from the bounds; gates are fractional, in (0.05, 0.95).

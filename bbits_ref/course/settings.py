@@ -2,7 +2,7 @@
 
 Every notebook that trains asks :func:`settings` how long to train::
 
-    from bbits_ref import course
+    from bbits_ref.course import settings as course
     S = course.settings()               # small mode under CI, full mode otherwise
     trainer, summary = train(**S.lenet5.overrides(), lr_gates=1e-2)
 
@@ -76,7 +76,7 @@ class RunSettings:
     batch_size: int = 128          # the official batch size (spec §7.3)
 
     def overrides(self) -> dict:
-        """Keyword arguments for :class:`~bbits_ref.train.TrainConfig` / :func:`~bbits_ref.train.train`."""
+        """Keyword arguments for :class:`~bbits_ref.training.trainer.TrainConfig` / :func:`~bbits_ref.training.trainer.train`."""
         return {"epochs": self.epochs, "train_limit": self.train_limit,
                 "test_limit": self.test_limit, "log_every": self.log_every,
                 "batch_size": self.batch_size}
@@ -146,7 +146,7 @@ _SMALL = CourseSettings(
 _FULL = CourseSettings(
     small=False,
     tour=RunSettings(epochs=2, train_limit=None, test_limit=None, log_every=10),
-    # The "quick" preset of bbits_ref.train.PRESETS: 15 epochs, gate lr 1e-2.
+    # The "quick" preset of bbits_ref.training.trainer.PRESETS: 15 epochs, gate lr 1e-2.
     lenet5=RunSettings(epochs=15, train_limit=None, test_limit=None, log_every=20),
     vgg7=RunSettings(epochs=2, train_limit=3000, test_limit=1000, log_every=4),
     vgg7_width=0.125,
@@ -175,7 +175,7 @@ def settings(small: bool | None = None, environ=None) -> CourseSettings:
     if CACHE_ENV_VAR in env:
         cache = Path(env[CACHE_ENV_VAR]).expanduser() if env[CACHE_ENV_VAR].strip() else None
     else:
-        from .data import DATA_ENV_VAR, DEFAULT_DATA_ROOT
+        from bbits_ref.datasets.loaders import DATA_ENV_VAR, DEFAULT_DATA_ROOT
         cache = Path(env.get(DATA_ENV_VAR) or DEFAULT_DATA_ROOT).expanduser() / "course-runs"
     return replace(_FULL, cache_dir=cache)
 
@@ -183,7 +183,7 @@ def settings(small: bool | None = None, environ=None) -> CourseSettings:
 def cache_key(config, data_tag: str = "") -> str:
     """A short name for a run: the model, μ, and a hash of every setting, the data and the
     library version (a changed setting, data set or library gives another directory)."""
-    from . import __version__
+    from bbits_ref._version import __version__
     blob = json.dumps({"config": config.to_dict(), "data": data_tag, "version": __version__},
                       sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -192,7 +192,7 @@ def cache_key(config, data_tag: str = "") -> str:
 
 def run_or_load(config, cache_dir=None, data=None, data_tag: str = "", progress: bool = True,
                 verbose: bool = True):
-    """Train ``config`` like :func:`bbits_ref.train.train`, or reload it if it was trained before.
+    """Train ``config`` like :func:`bbits_ref.training.trainer.train`, or reload it if it was trained before.
 
     With ``cache_dir`` None this is just ``train(config, data=data)``.  Otherwise the run lives in
     ``cache_dir/<cache_key(config, data_tag)>``: a finished run there (its ``summary.json``
@@ -200,14 +200,14 @@ def run_or_load(config, cache_dir=None, data=None, data_tag: str = "", progress:
     an unfinished or damaged one is trained again from the start.  Pass ``data_tag`` to tell
     apart runs on different ``data`` with the same config (e.g. a synthetic stand-in).
 
-    Returns ``(trainer, summary)`` as :func:`~bbits_ref.train.train` does; ``trainer.history``
+    Returns ``(trainer, summary)`` as :func:`~bbits_ref.training.trainer.train` does; ``trainer.history``
     holds the whole history either way.
     """
-    from .checkpoint import CheckpointError
-    from .train import Trainer, TrainConfig, train
+    from bbits_ref.training.checkpoints import CheckpointError
+    from bbits_ref.training.trainer import Trainer, TrainConfig, train
 
     if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a bbits_ref.train.TrainConfig; got "
+        raise TypeError(f"config must be a bbits_ref.training.trainer.TrainConfig; got "
                         f"{type(config).__name__}. Build one with TrainConfig(epochs=..., ...)")
     if cache_dir is None:
         return train(config, data=data, progress=progress, verbose=verbose)

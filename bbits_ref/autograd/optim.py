@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from .nn import Parameter
+from bbits_ref.autograd.nn import Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam", "linear_decay_last_third"]
 

@@ -17,7 +17,7 @@ The official code only reports this deterministic count (gates from the test-tim
 :func:`expected_layer_cost` adds an *expected* count for monitoring; it is our addition, not official.
 
 This module is plain NumPy arithmetic: nothing here needs gradients (the differentiable proxy is the
-regularizer in :mod:`bbits_ref.prior`, spec §4.3).
+regularizer in :mod:`bbits_ref.method.prior`, spec §4.3).
 
 Notebook: ``notebooks/05_bops.ipynb``.
 """
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .quantizer import BIT_WIDTHS   # the widths a Bayesian Bits quantizer can select (spec §1)
+from bbits_ref.method.quantizer import BIT_WIDTHS   # the widths a Bayesian Bits quantizer can select (spec §1)
 
 FULL_PRECISION_BITS = 32            # the baseline: 32-bit weights and activations on every layer
 INPUT_BITS = 8                      # the network input is counted as 8-bit (spec §5)
@@ -328,7 +328,7 @@ def deterministic_bits(chain_gates01):
         n = 1 + q4 + q4·(q8 + q8·(q16 + q16·q32)),   b = 2**n ∈ {2, 4, 8, 16, 32}
 
     A gate after an off gate does not count (z8 = 1 with z4 = 0 is still 2 bits). ``None`` entries
-    (hard-cut gates from :func:`bbits_ref.gates.chain_gates`) count as 0. A shape (..., 4) input
+    (hard-cut gates from :func:`bbits_ref.method.gates.chain_gates`) count as 0. A shape (..., 4) input
     returns an int array of widths; shape (4,) returns an int.
     """
     q = _check_chain(chain_gates01, "chain_gates01")

@@ -1,7 +1,7 @@
 """The primitive table: every differentiable operation, its VJP and its math, side by side.
 
-Each primitive is registered once with :func:`bbits_ref.engine.register`; the gradient checks
-(:mod:`bbits_ref.gradcheck`) and the tests iterate over :data:`bbits_ref.engine.PRIMITIVES`.
+Each primitive is registered once with :func:`bbits_ref.autograd.engine.register`; the gradient checks
+(:mod:`bbits_ref.autograd.gradcheck`) and the tests iterate over :data:`bbits_ref.autograd.engine.PRIMITIVES`.
 Composite operations (``relu``, ``linear``, ``softmax`` ...) are written in terms of primitives
 at the bottom of this file and need no gradient rule of their own.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .engine import Tensor, register, ste_round
+from bbits_ref.autograd.engine import Tensor, register, ste_round
 
 # --------------------------------------------------------------------------- elementwise
 

@@ -8,10 +8,10 @@ Two checks, both comparing the engine's reverse-mode gradient with central diffe
   backward and two forwards, cheap even for conv-sized tensors).
 
 Functions with straight-through rounding are checked with their rounding offsets frozen
-(:func:`bbits_ref.engine.frozen_rounding`): then the STE gradient is the exact derivative of the
+(:func:`bbits_ref.autograd.engine.frozen_rounding`): then the STE gradient is the exact derivative of the
 function being differenced.
 
-``python -m bbits_ref.gradcheck`` checks every registered primitive on several shapes
+``python -m bbits_ref.autograd.gradcheck`` checks every registered primitive on several shapes
 (broadcasting included), prints one line per primitive with its worst error, and exits non-zero on
 any failure.  Notebook: ``notebooks/01_autograd_engine.ipynb``.
 """
@@ -24,9 +24,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import ops  # noqa: F401  (registers the primitives)
-from .cases import CASE_SHAPES, Case, make_case, register_case
-from .engine import PRIMITIVES, Tensor, frozen_rounding
+from bbits_ref.autograd import ops  # noqa: F401  (registers the primitives)
+from bbits_ref.autograd.gradcheck_cases import CASE_SHAPES, Case, make_case, register_case
+from bbits_ref.autograd.engine import PRIMITIVES, Tensor, frozen_rounding
 
 __all__ = ["GradCheckResult", "check_grads", "make_case", "register_case", "check_primitive",
            "Case", "CASE_SHAPES", "main"]
@@ -150,7 +150,7 @@ def check_primitive(name: str, seed: int = 0, shapes=CASE_SHAPES, method: str = 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Check every registered primitive; one line each; exit status 1 on any failure."""
-    parser = argparse.ArgumentParser(prog="python -m bbits_ref.gradcheck", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bbits_ref.autograd.gradcheck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", choices=("fd", "projection"), default="fd")

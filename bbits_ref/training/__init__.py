@@ -1,0 +1,1 @@
+"""Training: the configuration, the trainer, checkpoints and the files a run writes."""
