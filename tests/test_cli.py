@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from bbits_ref.training.checkpoints import load_checkpoint
-from bbits_ref.cli import build_parser, config_from_args, main
+from bbits_ref.cli import build_parser, main
+from bbits_ref.cli.options import config_from_args
 from bbits_ref.method.models import lenet5
 from bbits_ref.training.trainer import TrainConfig, Trainer
 
