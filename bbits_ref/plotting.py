@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 from matplotlib.lines import Line2D
 
-from bbits_ref.training.checkpoints import atomic_write_bytes
+from bbits_ref._files import atomic_write_bytes
 
 __all__ = ["GATE_BITS", "plot_gate_probabilities", "plot_bit_widths", "plot_bops_accuracy",
            "plot_kept_channels", "plot_training_curves", "plot_pareto", "pareto_front",

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from bbits_ref.training import checkpoints as checkpoint
-from bbits_ref.training.checkpoints import (CHECKPOINT_VERSION, CheckpointError, atomic_write_text,
-                                  load_checkpoint, restore_rng, rng_state, save_checkpoint,
-                                  write_json)
+from bbits_ref import _files
+from bbits_ref._files import atomic_write_text, write_json
+from bbits_ref.training.checkpoints import (CHECKPOINT_VERSION, CheckpointError, load_checkpoint,
+                                            restore_rng, rng_state, save_checkpoint)
 
 
 def _states(seed=0):
@@ -105,7 +106,7 @@ def test_crash_during_write_keeps_previous_checkpoint(saved, monkeypatch, where)
     def crash(*args, **kwargs):
         raise OSError(f"simulated crash in os.{where}")
 
-    monkeypatch.setattr(checkpoint.os, where, crash)
+    monkeypatch.setattr(_files.os, where, crash)
     new_model, new_optim, new_meta = _states(seed=5)
     with pytest.raises(OSError, match="simulated crash"):
         save_checkpoint(path, model_state=new_model, optim_state=new_optim, meta=new_meta)
@@ -136,7 +137,7 @@ def test_interrupt_while_writing_bytes_cleans_up(saved, monkeypatch):
             self.f.write(data[: len(data) // 2])
             raise KeyboardInterrupt                    # Ctrl-C half way through the write
 
-    monkeypatch.setattr(checkpoint.os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
+    monkeypatch.setattr(_files.os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
     with pytest.raises(KeyboardInterrupt):
         atomic_write_text(path, "x" * 10_000)
     monkeypatch.undo()

@@ -26,7 +26,7 @@ def _train_one(payload):
 
 def cmd_sweep(args) -> int:
     import dataclasses
-    from bbits_ref.training.checkpoints import write_json
+    from bbits_ref._files import write_json
 
     base = config_from_args(args)
     out = Path(args.out or f"runs/sweep-{base.model}-{base.dataset}")

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from bbits_ref.autograd import ops
-from bbits_ref.training.checkpoints import (CheckpointError, load_checkpoint, restore_rng, rng_state,
-                         save_checkpoint, write_json)
+from bbits_ref._files import write_json
+from bbits_ref.training.checkpoints import (CheckpointError, load_checkpoint, restore_rng,
+                                            rng_state, save_checkpoint)
 from bbits_ref.datasets.loaders import Dataset, augment_cifar, batches, load_dataset
 from bbits_ref.autograd.engine import no_grad
 from bbits_ref.method.models import BBNet, lenet5, vgg7
