@@ -23,7 +23,8 @@ from bbits_ref.method.models import lenet5, vgg7
 from bbits_ref.method.prior import bop_regularizer
 from bbits_ref.method.quantizer import bb_quantize, decompose, quantize_direct
 from bbits_ref.method.readout import model_readout
-from bbits_ref.training.trainer import TrainConfig, Trainer, train
+from bbits_ref.training.config import TrainConfig
+from bbits_ref.training.trainer import Trainer, train
 
 __all__ = [
     # the method

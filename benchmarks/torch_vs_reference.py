@@ -55,7 +55,8 @@ def limit_threads(threads: int):
 def build(seed: int):
     import numpy as np
 
-    from bbits_ref.training.trainer import TrainConfig, Trainer
+    from bbits_ref.training.config import TrainConfig
+    from bbits_ref.training.trainer import Trainer
     rng = np.random.default_rng(seed)
     x = rng.random((2 * BATCH, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, 2 * BATCH)

@@ -32,7 +32,8 @@ from _common import blas_info, clean_blas_env, machine, median_ms  # noqa: E402
 
 
 def _trainer(data, **overrides):
-    from bbits_ref.training.trainer import Trainer, TrainConfig
+    from bbits_ref.training.config import TrainConfig
+    from bbits_ref.training.trainer import Trainer
     config = TrainConfig(dataset="mnist", **overrides)
     return Trainer(config, data=data, progress=False)
 

@@ -7,7 +7,6 @@ import zipfile
 import numpy as np
 import pytest
 
-from bbits_ref.training import checkpoints as checkpoint
 from bbits_ref import _files
 from bbits_ref._files import atomic_write_text, write_json
 from bbits_ref.training.checkpoints import (CHECKPOINT_VERSION, CheckpointError, load_checkpoint,

@@ -17,7 +17,8 @@ from bbits_ref.training.checkpoints import load_checkpoint
 from bbits_ref.cli import build_parser, main
 from bbits_ref.cli.options import config_from_args
 from bbits_ref.method.models import lenet5
-from bbits_ref.training.trainer import TrainConfig, Trainer
+from bbits_ref.training.config import TrainConfig
+from bbits_ref.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--train-limit", "48", "--test-limit", "32", "--batch-size", "32", "--epochs", "2",

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from bbits_ref.course import settings as course
-from bbits_ref.training.trainer import Trainer, TrainConfig
+from bbits_ref.training.config import TrainConfig
+from bbits_ref.training.trainer import Trainer
 
 
 @pytest.mark.parametrize("env, small", [

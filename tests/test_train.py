@@ -12,7 +12,8 @@ from bbits_ref.training import trainer as train_mod
 from bbits_ref.method.models import BBNet
 from bbits_ref.autograd.optim import Adam, linear_decay_last_third
 from bbits_ref.method.readout import model_readout
-from bbits_ref.training.trainer import TrainConfig, Trainer, TrainingDiverged, build_model
+from bbits_ref.training.config import TrainConfig
+from bbits_ref.training.trainer import Trainer, TrainingDiverged, build_model
 
 TINY = dict(train_limit=48, test_limit=32, batch_size=32, epochs=2, log_every=3)
 QUANTIZERS = ["conv1.weight_quantizer", "conv1.act_quantizer", "conv2.weight_quantizer",

@@ -86,7 +86,7 @@ def preset_name(args: argparse.Namespace) -> str:
 
 def config_from_args(args: argparse.Namespace):
     """A TrainConfig from parsed command-line options."""
-    from bbits_ref.training.trainer import PRESETS, TrainConfig
+    from bbits_ref.training.config import PRESETS, TrainConfig
 
     model = args.model or ("vgg7" if args.dataset == "cifar10" else "lenet5")
     kw = dict(PRESETS[preset_name(args)])        # named deviations from the official recipe

@@ -92,7 +92,8 @@ def cmd_figures(args) -> int:
 def cmd_info(args) -> int:
     from bbits_ref.training.checkpoints import CheckpointError, load_checkpoint
     from bbits_ref.method.readout import model_readout
-    from bbits_ref.training.trainer import TrainConfig, build_model
+    from bbits_ref.training.config import TrainConfig
+    from bbits_ref.training.trainer import build_model
 
     path = Path(args.checkpoint)
     if path.is_dir():

@@ -13,7 +13,8 @@ __all__ = ["cmd_sweep", "format_sweep_table"]
 def _train_one(payload):
     """Worker for ``sweep``: train one configuration quietly, return its summary."""
     from bbits_ref._runtime import keep_freed_memory
-    from bbits_ref.training.trainer import Trainer, TrainConfig
+    from bbits_ref.training.config import TrainConfig
+    from bbits_ref.training.trainer import Trainer
 
     keep_freed_memory()
     config_dict, out = payload

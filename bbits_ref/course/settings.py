@@ -204,7 +204,8 @@ def run_or_load(config, cache_dir=None, data=None, data_tag: str = "", progress:
     holds the whole history either way.
     """
     from bbits_ref.training.checkpoints import CheckpointError
-    from bbits_ref.training.trainer import Trainer, TrainConfig, train
+    from bbits_ref.training.config import TrainConfig
+    from bbits_ref.training.trainer import Trainer, train
 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a bbits_ref.training.trainer.TrainConfig; got "
