@@ -1,72 +1,175 @@
-"""The training options of ``bbits-ref train`` and ``bbits-ref sweep``, and the TrainConfig they give."""
+"""The training options of ``bbits-ref train`` and ``bbits-ref sweep``, derived from the config.
+
+Every flag comes from a field of :class:`~bbits_ref.training.config.TrainConfig` or of its nested
+:class:`~bbits_ref.method.layers.BBConfig`: its name (``lr_gates`` -> ``--lr-gates``, or the
+field's ``flag``), its choices and its help come from the field's ``metadata``, and its default is
+the field's default.  Flags are parsed with ``default=None`` so that only what the user typed
+changes the config, and the config, not argparse, validates every value.  A handful of flags are
+shortcuts that set several fields at once (``--lr``, ``--preset``, the ablation flags, the gate
+options); they are listed in :data:`SHORTCUTS`.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-__all__ = ["add_train_options", "config_from_args", "preset_name"]
+from bbits_ref._errors import UsageError
+from bbits_ref.method.gates import gate_option_names
+from bbits_ref.method.layers import BBConfig
+from bbits_ref.training.config import DATASET_GATE_PRESET, PRESETS, TrainConfig
+
+__all__ = ["add_train_options", "config_from_args", "preset_name", "SHORTCUTS", "field_flag"]
+
+#: Flags that are not one field each: name -> what they set.
+SHORTCUTS = {
+    "--preset": "a named recipe (PRESETS) under the other flags",
+    "--lr": "lr_weights, and lr_gates / lr_ranges unless given",
+    "--temperature": "method.gate_options['temperature']",
+    "--straight-through": "method.gate_options['straight_through']",
+    "--quant-only": "an ablation: pruning=False",
+    "--prune-only": "an ablation: learn_bits=False at fixed W/A bits",
+    "--fixed-bits": "a baseline: no gates, uniform W/A bits, μ = 0",
+    "--full-precision": "a baseline: no quantizers, μ = 0",
+}
+_ABLATION_FLAGS = ("quant_only", "prune_only", "fixed_bits", "full_precision")
+_GROUPS = {TrainConfig: "data, model and optimisation", BBConfig: "method"}
+
+
+def field_flag(f: dataclasses.Field) -> str:
+    """The command-line flag of a config field."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _cli_fields(cls):
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+
+
+def _parse_type(f: dataclasses.Field):
+    """int, float or str from the field's annotation (a string under postponed evaluation)."""
+    annotation = str(f.type)
+    for name, parse in (("int", int), ("float", float)):
+        if annotation.split(" |")[0].strip() == name:
+            return parse
+    return str
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    default = f.default if f.default is not dataclasses.MISSING else None
+    return "" if default is None else f" (default {default:g})" if isinstance(
+        default, float) else f" (default {default})"
+
+
+def _add_field(group, f: dataclasses.Field) -> None:
+    flag, help_ = field_flag(f), f.metadata.get("help", "")
+    if "bool" in str(f.type) and "None" not in str(f.type):
+        if f.default:     # a setting that is on by default is switched off by --no-<name>
+            group.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const=False,
+                               default=None, help=f"disable: {help_}")
+        else:
+            group.add_argument(flag, dest=f.name, action="store_const", const=True, default=None,
+                               help=help_)
+        return
+    choices = f.metadata.get("choices")
+    group.add_argument(flag, dest=f.name, default=None, choices=choices,
+                       type=None if choices else _parse_type(f),
+                       metavar=None if choices else f.name.upper(),
+                       help=help_ + ("" if "default" in help_ else _default_text(f)))
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data and model")
-    g.add_argument("--dataset", default="mnist-small", choices=["mnist-small", "mnist", "cifar10"],
-                   help="mnist-small is embedded in the package (default)")
-    g.add_argument("--data-dir", help="directory (or CIFAR-10 tar.gz) holding the dataset")
-    g.add_argument("--download", action="store_true", help="download the dataset if it is missing")
-    g.add_argument("--model", default=None, choices=["lenet5", "vgg7"],
-                   help="default: lenet5 for MNIST, vgg7 for CIFAR-10")
-    g.add_argument("--width", type=float, default=1.0, help="VGG-7 width multiplier")
-    g.add_argument("--train-limit", type=int, help="use only the first N training examples")
-    g.add_argument("--test-limit", type=int, help="use only the first N test examples")
-    g = p.add_argument_group("method")
-    g.add_argument("--mu", type=float, default=None, help="regularizer strength μ (default 0.1)")
-    g.add_argument("--gate", default="hard_concrete", choices=["hard_concrete", "gumbel_softmax"])
-    g.add_argument("--temperature", type=float, help="gate temperature (default 2/3)")
-    g.add_argument("--straight-through", action="store_true",
-                   help="Gumbel-softmax: hard 0/1 forward, soft gradient")
-    g.add_argument("--prior", default="autoregressive", choices=["autoregressive", "independent"])
-    g.add_argument("--reg-type", default="bop", choices=["bop", "const"])
-    g.add_argument("--gate-preset", choices=["mnist", "cifar10", "imagenet"],
-                   help="initial gate logits (default: the dataset's)")
-    g.add_argument("--no-hard-cut", action="store_true", help="disable the official φ ≤ −2 cut")
-    g = p.add_argument_group("ablations and baselines")
-    g.add_argument("--quant-only", action="store_true", help="no pruning gates (z2 ≡ 1)")
-    g.add_argument("--prune-only", metavar="W/A",
-                   help="pruning only at fixed bit widths, e.g. 8/8")
+    """Add one flag per config field, plus the :data:`SHORTCUTS`."""
+    for cls, title in _GROUPS.items():
+        group = p.add_argument_group(title)
+        for f in _cli_fields(cls):
+            _add_field(group, f)
+    g = p.add_argument_group("shortcuts")
+    g.add_argument("--preset", choices=tuple(PRESETS),
+                   help="quick: 15 epochs, gate lr 1e-2 (default on mnist-small); official: the "
+                        "paper's recipe, every lr 1e-3, 100 epochs on MNIST and 300 on CIFAR-10 "
+                        "(default otherwise)")
+    g.add_argument("--lr", type=float, default=None, metavar="LR",
+                   help="learning rate of the weights, and of gates and ranges unless given")
+    g.add_argument("--temperature", type=float, default=None,
+                   help="gate temperature (default 2/3)")
+    g.add_argument("--straight-through", action="store_true", default=None,
+                   help="Gumbel-softmax gates only: hard 0/1 forward, soft gradient")
+    g.add_argument("--quant-only", action="store_true", help=SHORTCUTS["--quant-only"])
+    g.add_argument("--prune-only", metavar="W/A", help="pruning only at fixed bit widths, e.g. 8/8")
     g.add_argument("--fixed-bits", metavar="W/A",
                    help="uniform fixed-bit baseline, no gates at all, e.g. 4/4")
-    g.add_argument("--full-precision", action="store_true", help="no quantizers at all")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--preset", choices=["quick", "official"],
-                   help="quick: 15 epochs, gate lr 1e-2 (default on mnist-small); official: the "
-                        "paper's recipe, every lr 1e-3, 100 epochs on MNIST and 300 on "
-                        "CIFAR-10 (default otherwise)")
-    g.add_argument("--epochs", type=int, default=None, help="number of epochs (overrides the preset)")
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--lr", type=float, default=None,
-                   help="learning rate of the weights, 1e-3 (and of gates/ranges unless given)")
-    g.add_argument("--lr-gates", type=float, help="learning rate of the gate logits")
-    g.add_argument("--lr-ranges", type=float, help="learning rate of the ranges β")
-    g.add_argument("--lr-schedule", default="official", choices=["official", "constant"])
-    g.add_argument("--finetune-epochs", type=int, default=0,
-                   help="fixed-gate fine-tuning epochs after the gated phase")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--log-every", type=int, default=20, help="steps between history records")
+    g.add_argument("--full-precision", action="store_true", help=SHORTCUTS["--full-precision"])
 
 
+def preset_name(args: argparse.Namespace) -> str:
+    """``--preset``, or by default "quick" on the embedded data and "official" elsewhere."""
+    dataset = getattr(args, "dataset", None) or TrainConfig.__dataclass_fields__["dataset"].default
+    return args.preset or ("quick" if dataset == "mnist-small" else "official")
+
+
+def given_settings(args: argparse.Namespace) -> dict:
+    """The config fields the user set on the command line (name -> value)."""
+    names = [f.name for cls in _GROUPS for f in _cli_fields(cls)]
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """A validated TrainConfig from parsed command-line options (UsageError otherwise)."""
+    changes = dict(PRESETS[preset_name(args)])        # named deviations from the official recipe
+    if args.lr is not None:
+        changes.update(lr_weights=args.lr, lr_gates=args.lr, lr_ranges=args.lr)
+    changes.update(given_settings(args))
+    dataset = changes.get("dataset", TrainConfig.__dataclass_fields__["dataset"].default)
+    if "chain_init" not in changes:
+        changes["chain_init"] = DATASET_GATE_PRESET.get(dataset, "mnist")
+    options = {}
+    if args.temperature is not None:
+        options["temperature"] = args.temperature
+    if args.straight_through:
+        options["straight_through"] = True
+    if options:
+        gate = changes.get("gate", "hard_concrete")
+        unknown = sorted(set(options) - set(gate_option_names(gate)))
+        if unknown:
+            raise UsageError(f"--{unknown[0].replace('_', '-')} applies to Gumbel-softmax gates "
+                             f"only; add --gate gumbel_softmax")
+        changes["gate_options"] = options
+    chosen = [f for f in _ABLATION_FLAGS if getattr(args, f)]
+    if len(chosen) > 1:
+        raise UsageError("choose at most one of --quant-only, --prune-only, --fixed-bits, "
+                         "--full-precision (got " + ", ".join(
+                             "--" + c.replace("_", "-") for c in chosen) + ")")
+    for kind in chosen:
+        flag = "--" + kind.replace("_", "-")
+        value = getattr(args, kind)
+        bits = _bits_pair(value, flag) if isinstance(value, str) else None
+        changes.update(_ablation(kind.replace("_", "-"), bits))
+    try:
+        return TrainConfig(dataset=dataset).replace(**{k: v for k, v in changes.items()
+                                                       if k != "dataset"})
+    except UsageError as exc:
+        raise UsageError(_with_flag(str(exc))) from None
+
+
+def _with_flag(message: str) -> str:
+    """Name the flag in a config error that starts with a field name ("mu must be ...")."""
+    name = message.split(" ", 1)[0].rstrip(":")
+    for cls in _GROUPS:
+        for f in _cli_fields(cls):
+            if f.name == name:
+                return f"{field_flag(f)}: {message}"
+    return message
+
+
+# TODO(lead): these two move to bbits_ref.training.experiments (the sweep engineer's module).
 def _bits_pair(text: str, flag: str) -> tuple[int, int]:
     try:
         w, a = (int(v) for v in text.split("/"))
     except ValueError:
-        raise SystemExit(f"{flag} takes W/A bit widths such as 8/8; got {text!r}")
+        raise UsageError(f"{flag} takes W/A bit widths such as 8/8; got {text!r}") from None
     return w, a
 
 
 def _ablation(kind: str, bits: tuple[int, int] | None = None) -> dict:
-    """TrainConfig settings of an ablation or baseline (shared by ``train`` flags and ``sweep``).
-
-    ``kind``: "quant-only" (no pruning gates), "prune-only" (pruning at fixed ``bits`` = (W, A)),
-    "fixed-bits" (uniform fixed-bit baseline, no gates, μ = 0), "full-precision" (μ = 0).
-    """
     if kind == "quant-only":
         return {"pruning": False}
     if kind == "full-precision":
@@ -77,54 +180,3 @@ def _ablation(kind: str, bits: tuple[int, int] | None = None) -> dict:
     if kind == "fixed-bits":
         return {"learn_bits": False, "pruning": False, "weight_bits": w, "act_bits": a, "mu": 0.0}
     raise ValueError(f"unknown ablation {kind!r}")
-
-
-def preset_name(args: argparse.Namespace) -> str:
-    """``--preset``, or by default "quick" on the embedded data and "official" elsewhere."""
-    return args.preset or ("quick" if args.dataset == "mnist-small" else "official")
-
-
-def config_from_args(args: argparse.Namespace):
-    """A TrainConfig from parsed command-line options."""
-    from bbits_ref.training.config import PRESETS, TrainConfig
-
-    model = args.model or ("vgg7" if args.dataset == "cifar10" else "lenet5")
-    kw = dict(PRESETS[preset_name(args)])        # named deviations from the official recipe
-    if args.lr is not None:
-        kw.update(lr_weights=args.lr, lr_gates=args.lr, lr_ranges=args.lr)
-    # `is not None`, not truthiness: an explicit --lr-gates 0 (frozen gates) must be kept
-    if args.lr_gates is not None:
-        kw["lr_gates"] = args.lr_gates
-    if args.lr_ranges is not None:
-        kw["lr_ranges"] = args.lr_ranges
-    kw.update(dataset=args.dataset, model=model, width=args.width, batch_size=args.batch_size,
-              lr_schedule=args.lr_schedule, gate=args.gate, gate_temperature=args.temperature,
-              straight_through=args.straight_through, prior=args.prior,
-              reg_type=args.reg_type, gate_preset=args.gate_preset,
-              hard_cut=not args.no_hard_cut, finetune_epochs=args.finetune_epochs,
-              seed=args.seed, log_every=args.log_every, train_limit=args.train_limit,
-              test_limit=args.test_limit, data_dir=args.data_dir, download=args.download)
-    if args.mu is not None:
-        kw["mu"] = args.mu
-    if args.epochs is not None:
-        kw["epochs"] = args.epochs
-    chosen = [f for f in ("quant_only", "prune_only", "fixed_bits", "full_precision")
-              if getattr(args, f)]
-    if len(chosen) > 1:
-        raise SystemExit(f"choose at most one of --quant-only, --prune-only, --fixed-bits, "
-                         f"--full-precision (got {', '.join(chosen)})")
-    if args.quant_only:
-        kw.update(_ablation("quant-only"))
-    if args.prune_only:
-        kw.update(_ablation("prune-only", _bits_pair(args.prune_only, "--prune-only")))
-    if args.fixed_bits:
-        kw.update(_ablation("fixed-bits", _bits_pair(args.fixed_bits, "--fixed-bits")))
-    if args.full_precision:
-        kw.update(_ablation("full-precision"))
-    try:
-        return TrainConfig(**kw)
-    except (ValueError, TypeError) as exc:
-        raise SystemExit(f"bbits-ref train: {exc}")
-
-
-
