@@ -8,7 +8,7 @@ Python caller would expect (``ValueError``, ``OSError``...), so library code can
 from __future__ import annotations
 
 __all__ = ["BBitsError", "UsageError", "DataFileError", "RunDirError", "DivergedError",
-           "ConformanceFailure", "EXIT_CODES"]
+           "ConformanceFailure", "EXIT_CODES", "DISK_EXIT_CODE", "exit_code_table"]
 
 
 class BBitsError(Exception):
@@ -58,6 +58,14 @@ EXIT_CODES = {
     4: "an output or run folder that cannot be used as asked (RunDirError)",
     5: "training diverged (DivergedError); the last good checkpoint is named",
     6: "conformance check failed (ConformanceFailure)",
-    7: "the disk is full or a folder is not writable (OSError: ENOSPC, EACCES, EROFS)",
+    7: "the disk is full or a file cannot be written (OSError: ENOSPC, EDQUOT, EACCES, EROFS)",
     130: "interrupted (Ctrl-C or SIGTERM); a resumable checkpoint is kept",
 }
+
+#: The exit code of a full disk, an exceeded quota or a folder that cannot be written.
+DISK_EXIT_CODE = 7
+
+
+def exit_code_table() -> str:
+    """The exit codes as aligned text lines (``bbits-ref --help`` prints it)."""
+    return "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())

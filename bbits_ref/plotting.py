@@ -31,6 +31,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 from bbits_ref._files import atomic_write_bytes
+from bbits_ref.training.experiments import pareto_front
 
 __all__ = ["GATE_BITS", "plot_gate_probabilities", "plot_bit_widths", "plot_bops_accuracy",
            "plot_kept_channels", "plot_training_curves", "plot_pareto", "pareto_front",
@@ -40,6 +41,7 @@ __all__ = ["GATE_BITS", "plot_gate_probabilities", "plot_bit_widths", "plot_bops
 GATE_BITS = (4, 8, 16, 32)
 _GATE_STYLES = {4: "-", 8: "--", 16: "-.", 32: ":"}
 _FIGSIZE = (6.0, 4.0)
+_EVENT_KINDS = ("lr_change",)
 _HISTORY_HELP = ("expected the list of records of bbits_ref.training.trainer.history_record "
                  "(Trainer.history, or json.loads of a run's history.json)")
 
@@ -68,13 +70,20 @@ def _check_history(history) -> list:
     if isinstance(history, (str, bytes, os.PathLike)):
         raise TypeError(f"got a path or string ({history!r}), {_HISTORY_HELP}; "
                         "load the file first: json.loads(Path(path).read_text())")
-    records = list(history)
+    if not isinstance(history, (list, tuple)) and not hasattr(history, "__iter__"):
+        raise TypeError(f"got a {type(history).__name__}, {_HISTORY_HELP}")
+    # Event records (a learning-rate change at a resume, kind="lr_change") carry no readout.
+    records = [rec for rec in history
+               if not (isinstance(rec, dict) and rec.get("kind") in _EVENT_KINDS)]
     if not records:
         raise ValueError(f"the history is empty: {_HISTORY_HELP}; "
                          "train for at least one logging step (TrainConfig.log_every) first")
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             raise TypeError(f"history record {i} is a {type(rec).__name__}, not a dict; "
+                            f"{_HISTORY_HELP}")
+        if not isinstance(rec.get("quantizers", {}), dict):
+            raise TypeError(f"history record {i}: 'quantizers' should map names to readouts; "
                             f"{_HISTORY_HELP}")
         missing = [k for k in ("kind", "epoch", "quantizers") if k not in rec]
         if missing:
@@ -127,8 +136,19 @@ def _short_name(name: str) -> str:
 
 
 def _log_bops_axis(ax):
-    """Log x axis for relative BOPs, labelled with plain numbers (0.2, 0.5, 1, 2…)."""
+    """Log x axis for relative BOPs, labelled with plain numbers (0.2, 0.5, 1, 2…).
+
+    Without any positive x data (a run that pruned everything has 0 BOPs) the axis stays linear:
+    a log axis cannot show 0.
+    """
     from matplotlib.ticker import FuncFormatter
+
+    ax.set_xlabel("relative BOPs (%)")
+    if not np.isfinite(ax.dataLim.minposx) or not (ax.dataLim.x1 > 0):
+        ax.margins(0.12)
+        ax.text(0.5, 0.02, "0 BOPs: every channel pruned (linear axis)", transform=ax.transAxes,
+                ha="center", va="bottom", fontsize="small")
+        return
 
     def minor_label(value, _pos):
         # Over a decade or two the powers of ten alone are too few: label 2 (3) and 5 × 10^k.
@@ -227,12 +247,17 @@ def plot_bit_widths(history, ax=None, quantizers=None) -> list:
         log_bits[~np.isfinite(log_bits)] = np.nan      # log2(0) = -inf would wreck the y range
         line, = ax.plot(epoch, log_bits, color=f"C{qi % 10}", label=_short_name(name))
         lines.append(line)
-    ys = np.concatenate([line.get_ydata() for line in lines])
+    if not lines:                                  # a full-precision model: nothing to draw
+        ax.text(0.5, 0.5, "no quantizers in this model", transform=ax.transAxes,
+                ha="center", va="center")
+    ys = np.concatenate([np.asarray(line.get_ydata(), dtype=np.float64) for line in lines]
+                        + [np.array([np.nan])])
     low = np.nanmin(ys) if not np.isnan(ys).all() else 1.0   # below 1 only for pruned layers
     ticks = np.arange(min(1, int(np.floor(low))), 6)
     ax.set_yticks(ticks, [f"{2.0 ** k:g}" for k in ticks])
     ax.set_ylim(ticks[0] - 0.2, 5.2)
-    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if lines:
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xlabel("epoch")
     ax.set_ylabel("E_q[bit width] (bits, log2 scale)")
     ax.set_title("Expected bit width per quantizer")
@@ -252,8 +277,10 @@ def plot_bops_accuracy(history, ax=None) -> BopsAccuracyArtists:
                          "(Trainer.train_epoch) first")
     bops, acc = _scalar(records, "relative_bops"), _scalar(records, "test_acc")
     epoch = _scalar(records, "epoch")
-    ok = _positive_bops(bops, "epoch record(s)")
-    bops, acc, epoch = bops[ok], acc[ok], epoch[ok]
+    if (bops > 0).any():
+        ok = _positive_bops(bops, "epoch record(s)")
+        bops, acc, epoch = bops[ok], acc[ok], epoch[ok]
+    # else: every channel pruned all along (0 BOPs): the points are drawn on a linear axis
     ax = _new_ax(ax)
     line, = ax.plot(bops, acc, color="0.6", linewidth=1, zorder=1)
     points = ax.scatter(bops, acc, c=epoch, cmap="viridis", zorder=2, s=25)
@@ -338,26 +365,6 @@ def _point_arrays(points, what):
         raise ValueError(f"{what}{bad.tolist()} have non-finite relative_bops or test_accuracy; "
                          "drop diverged runs before plotting")
     return bops, acc
-
-
-def pareto_front(points) -> list:
-    """The non-dominated points, sorted by relative BOPs (ascending).
-
-    Point j dominates point i when bops_j ≤ bops_i and acc_j ≥ acc_i with at least one strict
-    inequality (fewer BOPs or more accuracy). Identical points do not dominate each other, so
-    both stay (in input order).
-    """
-    points = list(points)
-    if not points:
-        return []
-    bops, acc = _point_arrays(points, "points")
-    # [i, j] is True when point j dominates point i.
-    no_worse = (bops[None, :] <= bops[:, None]) & (acc[None, :] >= acc[:, None])
-    better = (bops[None, :] < bops[:, None]) | (acc[None, :] > acc[:, None])
-    keep = np.flatnonzero(~(no_worse & better).any(axis=1))
-    # On the front equal BOPs imply equal accuracy, so a stable sort by BOPs is the whole order.
-    order = keep[np.argsort(bops[keep], kind="stable")]
-    return [points[i] for i in order]
 
 
 def _point_label(p) -> str | None:
@@ -467,3 +474,46 @@ def save_sweep_figures(points, baselines, out_dir, dpi=100) -> list:
     fig, ax = _figure()
     plot_pareto(points, baselines, ax=ax)
     return _write_figures({"pareto.png": fig}, out_dir, dpi)
+
+
+# ----------------------------------------------------------------------------- two runs
+def plot_bops_accuracy_paths(histories: dict, ax=None) -> list:
+    """The BOP–accuracy paths of several runs on one plot (``bbits-ref compare``).
+
+    ``histories`` maps a label to a run's history; each run is one line through its epoch
+    records, marked at its start (circle) and its end (square).  Returns the Line2D of each run.
+    """
+    if not isinstance(histories, dict) or not histories:
+        raise ValueError("histories must map a label to a run history (at least one run)")
+    ax = _new_ax(ax)
+    lines = []
+    from matplotlib import colormaps
+    colors = colormaps["tab10"].colors
+    for i, (label, history) in enumerate(histories.items()):
+        records = [r for r in _check_history(history) if r["kind"] == "epoch"]
+        if not records:
+            raise ValueError(f"run {label!r} has no epoch records yet: finish an epoch first")
+        bops, acc = _scalar(records, "relative_bops"), _scalar(records, "test_acc")
+        ok = _positive_bops(bops, f"epoch record(s) of {label}")
+        bops, acc = bops[ok], acc[ok]
+        color = colors[i % len(colors)]
+        # wide solid, then narrow dashed: where two runs coincide, both stay visible
+        line, = ax.plot(bops, acc, color=color, linewidth=2.4 if i == 0 else 1.2,
+                        linestyle="-" if i == 0 else (0, (4, 2)), label=label, zorder=2 + i)
+        if len(bops):
+            ax.plot(bops[:1], acc[:1], "o", color=color, markersize=5)
+            ax.plot(bops[-1:], acc[-1:], "s", color=color, markersize=6)
+        lines.append(line)
+    _log_bops_axis(ax)
+    ax.set_ylabel("test accuracy")
+    ax.set_title("BOPs and accuracy during training (○ first epoch, □ last)")
+    ax.legend(loc="best", fontsize="small")
+    return lines
+
+
+def save_compare_figure(histories: dict, path, dpi=100) -> Path:
+    """Write :func:`plot_bops_accuracy_paths` of ``histories`` to the PNG ``path`` (atomically)."""
+    fig, ax = _figure()
+    plot_bops_accuracy_paths(histories, ax=ax)
+    path = Path(path)
+    return _write_figures({path.name: fig}, path.parent, dpi)[0]

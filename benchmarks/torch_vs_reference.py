@@ -3,7 +3,7 @@
     python benchmarks/torch_vs_reference.py                 # median of 20 steps after 3 warm-ups
     python benchmarks/torch_vs_reference.py --threads 1     # both sides on one thread
 
-Both sides run the same step of the official recipe (spec §7.3): batch 128, float32, fresh gate
+Both sides run the same step of the official recipe (docs/method.md §7.3): batch 128, float32, fresh gate
 noise every step, loss = mean cross-entropy + μ·Σ R_t with μ = 0.1, backward, Adam (lr 1e-3) on
 the three parameter groups (weights, gate logits, ranges).  The torch network starts from the
 reference network's weights (``from_reference``), and both see the same batch.  Thread counts

@@ -50,7 +50,7 @@ def step_ms(repeats: int) -> float:
 
 def one_epoch(mnist_dir: str) -> dict:
     """Runs in a child process: one epoch on full MNIST; reports times and peak memory."""
-    from bbits_ref.datasets.loaders import load_dataset
+    from bbits_ref.datasets import load_dataset
     ds = load_dataset("mnist", data_dir=mnist_dir)
     trainer = _trainer(ds, data_dir=mnist_dir, epochs=1)
     t = time.perf_counter()

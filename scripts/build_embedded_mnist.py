@@ -2,8 +2,9 @@
 
     python scripts/build_embedded_mnist.py [MNIST_DIR] [--out PATH]
 
-MNIST_DIR holds the four standard IDX files, raw or .gz (default: ../shared/data/mnist relative
-to the repository root).  Their MD5s are checked against the published values.  The subset is the
+MNIST_DIR holds the four standard IDX files, raw or .gz (default: where the loaders look, the
+data root's mnist/ folder: $BBITS_REF_DATA/mnist, else the user cache; `bbits-ref train --dataset
+mnist --download` fetches them there).  Their checksums are verified.  The subset is the
 first 1,000 training and the first 200 test images of each digit, in the order of the original
 files (no randomness, so nothing to seed).  The .npz holds
 
@@ -13,7 +14,7 @@ files (no randomness, so nothing to seed).  The .npz holds
 where *_index are the positions in the original files.  It is written like np.savez_compressed but
 with fixed zip timestamps and compression level, so the same input gives the same bytes (with the
 same zlib).  The script prints the size and SHA-256; copy the SHA-256 into
-EMBEDDED_MNIST_SHA256 in bbits_ref/datasets/loaders.py when it changes.
+EMBEDDED_MNIST_SHA256 in bbits_ref/datasets/mnist.py when it changes.
 """
 from __future__ import annotations
 
@@ -29,19 +30,20 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # use this checkout's bbits_ref, installed or not
 
-from bbits_ref.datasets import loaders as data  # noqa: E402
+from bbits_ref._files import atomic_write_bytes  # noqa: E402
+from bbits_ref.datasets import data_root, find_mnist, first_per_class, load_mnist  # noqa: E402
+from bbits_ref.datasets import mnist  # noqa: E402
 
-DEFAULT_MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
-DEFAULT_OUT = REPO_ROOT / "bbits_ref" / "data" / data.EMBEDDED_MNIST_FILE
+DEFAULT_OUT = REPO_ROOT / "bbits_ref" / "datasets" / "embedded" / mnist.EMBEDDED_MNIST_FILE
 MAX_BYTES = 3 * 2**20
 
 
 def build_subset(mnist_dir: str | Path) -> dict[str, np.ndarray]:
-    """The arrays of the embedded subset, from the full MNIST in ``mnist_dir`` (MD5-verified)."""
-    full = data.load_mnist(mnist_dir, verify=True)
-    train_per_class, test_per_class = data.EMBEDDED_PER_CLASS
-    train = data.first_per_class(full.y_train, train_per_class)
-    test = data.first_per_class(full.y_test, test_per_class)
+    """The arrays of the embedded subset, from the full MNIST in ``mnist_dir`` (checksum-verified)."""
+    full = load_mnist(mnist_dir, verify=True)
+    train_per_class, test_per_class = mnist.EMBEDDED_PER_CLASS
+    train = first_per_class(full.y_train, train_per_class)
+    test = first_per_class(full.y_test, test_per_class)
     for split, labels, per_class in (("train", full.y_train[train], train_per_class),
                                      ("test", full.y_test[test], test_per_class)):
         counts = np.bincount(labels, minlength=10)
@@ -55,8 +57,10 @@ def build_subset(mnist_dir: str | Path) -> dict[str, np.ndarray]:
 
 def write_npz_reproducibly(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     """A compressed .npz (a zip of .npy files, as np.savez_compressed writes) with a fixed
-    timestamp, permissions and compression level, so identical arrays give identical bytes."""
-    with zipfile.ZipFile(path, "w") as archive:
+    timestamp, permissions and compression level, so identical arrays give identical bytes.
+    Written atomically: a failure leaves any previous file as it was."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
         for name, array in arrays.items():
             npy = io.BytesIO()
             np.lib.format.write_array(npy, np.ascontiguousarray(array), allow_pickle=False)
@@ -64,18 +68,25 @@ def write_npz_reproducibly(path: str | Path, arrays: dict[str, np.ndarray]) -> N
             info.external_attr = 0o644 << 16
             archive.writestr(info, npy.getvalue(), compress_type=zipfile.ZIP_DEFLATED,
                              compresslevel=9)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mnist_dir", nargs="?", default=str(DEFAULT_MNIST_DIR),
-                        help=f"directory with the MNIST IDX files (default {DEFAULT_MNIST_DIR})")
+    parser.add_argument("mnist_dir", nargs="?", default=None,
+                        help="directory with the MNIST IDX files (default: the data root's "
+                             "mnist/ folder, $BBITS_REF_DATA/mnist or the user cache)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"output (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
 
-    arrays = build_subset(args.mnist_dir)
+    mnist_dir = args.mnist_dir if args.mnist_dir is not None else find_mnist(data_root())
+    if mnist_dir is None:
+        print(f"error: the full MNIST is not under {data_root()}; pass MNIST_DIR, set "
+              f"BBITS_REF_DATA, or fetch it with `bbits-ref train --dataset mnist --download`",
+              file=sys.stderr)
+        return 2
+    arrays = build_subset(mnist_dir)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_npz_reproducibly(out, arrays)
     size = out.stat().st_size
     sha256 = hashlib.sha256(out.read_bytes()).hexdigest()
@@ -84,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     if size > MAX_BYTES:
         print(f"error: larger than the {MAX_BYTES}-byte budget", file=sys.stderr)
         return 1
-    if sha256 != data.EMBEDDED_MNIST_SHA256:
-        print("note: differs from EMBEDDED_MNIST_SHA256 in bbits_ref/datasets/loaders.py; update the constant",
-              file=sys.stderr)
+    if sha256 != mnist.EMBEDDED_MNIST_SHA256:
+        print("note: differs from EMBEDDED_MNIST_SHA256 in bbits_ref/datasets/mnist.py; update "
+              "the constant", file=sys.stderr)
     return 0
 
 

@@ -1,13 +1,16 @@
 """Helpers for tests/test_data.py: tiny files in the exact on-disk formats of MNIST (IDX) and
-CIFAR-10 (python-version pickles), a malicious pickle, and a local HTTP server."""
+CIFAR-10 (python-version pickles, as Python 2 wrote them and as Python 3 re-pickles them at every
+protocol), hostile files, and a local HTTP server on 127.0.0.1."""
 from __future__ import annotations
 
+import codecs
 import contextlib
 import gzip
 import hashlib
 import io
 import os
 import pickle
+import pickletools
 import struct
 import tarfile
 import threading
@@ -59,13 +62,16 @@ def write_mnist_dir(directory: Path, arrays: dict, gz: bool = True) -> dict[str,
 # --------------------------------------------------------------------------- CIFAR-10
 
 class _Py2Pickler(pickle._Pickler):
-    """Writes ``bytes`` as Python 2 ``str`` opcodes (SHORT_BINSTRING / BINSTRING), as cPickle did
-    for the original CIFAR-10 files; Python 3 reads them back as ``str`` under encoding='latin1'."""
+    """Writes ``bytes`` as Python 2 ``str`` opcodes (STRING at protocol 0, SHORT_BINSTRING /
+    BINSTRING above), as cPickle did for the original CIFAR-10 files; Python 3 reads them back as
+    ``str`` under encoding='latin1'."""
 
     dispatch = dict(pickle._Pickler.dispatch)
 
     def save_py2_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
+        if self.proto == 0:
+            self.write(b"S'" + codecs.escape_encode(obj)[0] + b"'\n")  # Python 2's repr
+        elif len(obj) < 256:
             self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
         else:
             self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
@@ -73,21 +79,62 @@ class _Py2Pickler(pickle._Pickler):
 
     dispatch[bytes] = save_py2_str
 
+    def reducer_override(self, obj):
+        """numpy.dtype as numpy wrote it under Python 2: ``dtype('u1', 0, 1)`` with int flags
+        and byte-string state, not today's ``dtype('u1', False, True)``."""
+        if not isinstance(obj, np.dtype):
+            return NotImplemented
+        func, (spec, align, copy), state = obj.__reduce__()
+        state = tuple(v.encode() if isinstance(v, str) else v for v in state)
+        return func, (spec.encode(), int(align), int(copy)), state
+
+
+NUMPY1_NAMES = {"numpy._core.multiarray": "numpy.core.multiarray",
+                "numpy._core.numeric": "numpy.core.numeric"}
+
+
+def with_numpy1_names(raw: bytes) -> bytes:
+    """The same pickle naming numpy's modules as numpy 1.x does (``numpy.core...``).  Protocols
+    0-2 name globals in text lines, replaced in place; from protocol 3 on the pickle is rebuilt
+    op by op and FRAME opcodes are dropped (framing is optional) so that no length goes stale."""
+    if raw[:2] not in (b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        for new_name, old_name in NUMPY1_NAMES.items():
+            raw = raw.replace(b"c" + new_name.encode() + b"\n", b"c" + old_name.encode() + b"\n")
+        return raw
+    ops = list(pickletools.genops(raw))
+    out = []
+    for i, (op, arg, pos) in enumerate(ops):
+        end = ops[i + 1][2] if i + 1 < len(ops) else len(raw)
+        if op.name == "FRAME":
+            continue
+        if op.name == "GLOBAL" and arg.split(" ")[0] in NUMPY1_NAMES:
+            module, name = arg.split(" ")
+            out.append(b"c" + NUMPY1_NAMES[module].encode() + b"\n" + name.encode() + b"\n")
+        elif op.name == "SHORT_BINUNICODE" and arg in NUMPY1_NAMES:
+            new = NUMPY1_NAMES[arg].encode()
+            out.append(pickle.SHORT_BINUNICODE + bytes([len(new)]) + new)
+        else:
+            out.append(raw[pos:end])
+    return b"".join(out)
+
+
+#: Every way a genuine batch can be pickled: the Python 2 originals (protocols 0-2), Python 3
+#: re-pickles at protocols 0-5 written with numpy 2.x and with numpy 1.x module names, str keys.
+CIFAR_STYLES = ("py2-p0", "py2-p1", "py2-p2", *(f"py3-p{p}" for p in range(6)),
+                *(f"py3-p{p}-numpy1" for p in range(6)), "str-keys")
+
 
 def cifar_pickle(obj: dict, style: str) -> bytes:
-    """``obj`` (a dict with bytes keys) pickled as
-
-    * ``"py2"``: the original format (protocol 2, py2 strings, ``numpy.core.multiarray``);
-    * ``"bytes-keys"``: re-pickled by Python 3, keys kept as bytes;
-    * ``"str-keys"``: re-pickled by Python 3 with str keys.
-    """
-    if style == "py2":
+    """``obj`` (a dict with bytes keys) pickled in one of :data:`CIFAR_STYLES`; ``"py2"`` is the
+    original format (protocol 2, Python 2 strings, ``numpy.core.multiarray``)."""
+    style = {"py2": "py2-p2"}.get(style, style)
+    if style.startswith("py2-p"):
         out = io.BytesIO()
-        _Py2Pickler(out, protocol=2).dump(obj)
-        # Protocol-2 GLOBAL opcodes are text lines, so renaming the module keeps the pickle valid.
-        return out.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
-    if style == "bytes-keys":
-        return pickle.dumps(obj, protocol=4)
+        _Py2Pickler(out, protocol=int(style[-1])).dump(obj)
+        return with_numpy1_names(out.getvalue())
+    if style.startswith("py3-p"):
+        raw = pickle.dumps(obj, protocol=int(style[5]))
+        return with_numpy1_names(raw) if style.endswith("numpy1") else raw
     if style == "str-keys":
         def to_str(v):
             return v.decode() if isinstance(v, bytes) else v
@@ -151,8 +198,45 @@ def malicious_pickles(marker: Path) -> dict[str, bytes]:
     """Pickles that would create ``marker`` if anything in them were executed."""
     return {"os.system": pickle.dumps({b"data": _RunsCode(os.system, f"touch '{marker}'")}),
             "builtins.open": pickle.dumps({b"data": _RunsCode(open, str(marker), "w")}, protocol=2),
+            "eval, protocol 0": pickle.dumps({b"data": _RunsCode(
+                eval, f"open({str(marker)!r}, 'w')")}, protocol=0),
             "nested in labels": pickle.dumps({b"data": np.zeros((1, 3072), np.uint8),
                                               b"labels": [_RunsCode(os.mkdir, str(marker))]})}
+
+
+def _unicode(text: str) -> bytes:
+    return pickle.BINUNICODE + struct.pack("<I", len(text)) + text.encode()
+
+
+def _in_data(*ops: bytes) -> bytes:
+    """A protocol-2 pickle of ``{"data": <what ops build>}``, written opcode by opcode."""
+    return b"\x80\x02}" + _unicode("data") + b"".join(ops) + b"s."
+
+
+BIG = struct.pack("<i", 2**31 - 1)
+
+
+def hostile_pickles() -> dict[str, tuple[bytes, str]]:
+    """name -> (pickle using only allowed globals, but in ways no genuine batch does; a regex
+    of the expected error).  Each would allocate gigabytes if it were obeyed."""
+    encode_calls = b"".join(b"c_codecs\nencode\nh\x00" + _unicode("latin1") + b"\x86Ra"
+                            for _ in range(100))
+    return {
+        # numpy.ndarray((2**31-1, 2**31-1)): the token it resolves to cannot be called.
+        "ndarray called": (_in_data(b"cnumpy\nndarray\n(J" + BIG + b"J" + BIG + b"t\x85R"),
+                           "unreadable"),
+        # _reconstruct with an absurd shape instead of (0,).
+        "huge _reconstruct": (_in_data(b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n"
+                                       b"(J" + BIG + b"J" + BIG + b"tC\x01btR"),
+                              "unexpected arguments to numpy's _reconstruct"),
+        # a 100 kB string, memoised, encoded 100 times: 10 MB from a 100 kB file.
+        "encode bomb": (_in_data(b"]" + _unicode("x" * 100_000) + b"q\x000" + encode_calls),
+                        "far more data than the file holds"),
+        # a list nested 100,000 deep as the labels.
+        "deep labels": (b"\x80\x02}" + _unicode("labels") + b"]" * 100_000 + b"a" * 99_999 + b"s"
+                        + _unicode("data") + pickle.dumps(np.zeros((1, 3072), np.uint8), 2)[2:-1]
+                        + b"s.", "expected 'labels', 1 integers"),
+    }
 
 
 # --------------------------------------------------------------------------- a local HTTP server

@@ -1,4 +1,7 @@
-"""Tests for bbits_ref.method.bops: MAC counts, the BOP metric and its expected version (spec §4.4, §5, §5.1)."""
+"""Tests for bbits_ref.method.bops: MAC counts, the BOP metric and its expected version.
+
+Sections of docs/method.md: §4.4, §5, §5.1.
+"""
 import itertools
 from fractions import Fraction
 
@@ -14,7 +17,7 @@ from bbits_ref.method.bops import (BIT_WIDTHS, LENET5_LAYERS, VGG7_LAYERS, Layer
 
 
 def assert_printed(value, printed: str):
-    """``value`` rounds to the digits printed in the spec (within half a unit of the last digit)."""
+    """``value`` rounds to the digits printed in docs/method.md (within half a unit of the last digit)."""
     decimals = len(printed.split(".")[1]) if "." in printed else 0
     assert abs(value - float(printed)) <= 0.5 * 10.0 ** -decimals + 1e-12, (value, printed)
 
@@ -137,7 +140,7 @@ def test_layer_cost_bops_formula():
 # --------------------------------------------------------------------------- bit widths
 
 def prefix_width(gates):
-    """Independent definition: the largest b whose whole chain z4…zb is 1 (spec §1)."""
+    """Independent definition: the largest b whose whole chain z4…zb is 1 (§1)."""
     bits = 2
     for g in gates:
         if not g:

@@ -5,6 +5,7 @@ import contextlib
 import importlib.metadata
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from bbits_ref.training.checkpoints import load_checkpoint
+from bbits_ref._errors import UsageError
 from bbits_ref.cli import build_parser, main
 from bbits_ref.cli.options import config_from_args
 from bbits_ref.method.models import lenet5
@@ -39,6 +41,13 @@ def run(*argv) -> tuple[int, str]:
     return code, buf.getvalue()
 
 
+def error_line(capsys) -> str:
+    """The one line an error printed on stderr (an environment "note:" aside)."""
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("note:")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """One uninterrupted ``bbits-ref train`` run."""
@@ -53,7 +62,7 @@ def run_dir(tmp_path_factory):
 def test_train_writes_the_run_directory(run_dir):
     out, text = run_dir
     assert sorted(p.name for p in out.iterdir()) == [
-        "checkpoint.npz", "config.json", "figures", "history.json", "summary.json"]
+        "checkpoint.npz", "config.json", "figures", "history.json", "run.json", "summary.json"]
     assert sorted(p.name for p in (out / "figures").iterdir()) == RUN_FIGURES
     for f in (out / "figures").iterdir():
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 1000
@@ -87,23 +96,29 @@ def test_train_prints_progress_and_the_readout(run_dir):
     assert f"wrote {out}/config.json" in text
 
 
-def test_existing_run_is_refused_without_resume_or_force(run_dir):
+def test_existing_run_is_refused_without_resume_or_force(run_dir, capsys):
     out, _ = run_dir
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    with pytest.raises(SystemExit, match=r"already holds a run: pass --resume .* --force"):
-        main(["train", *TINY, "--out", str(out)])
+    assert main(["train", *TINY, "--out", str(out)]) == 4                # RunDirError
+    assert re.fullmatch(r"bbits-ref: \S+ already holds a run: pass --resume .* --force .*",
+                        error_line(capsys))
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
-def test_force_starts_again(tmp_path):
+def test_force_starts_again(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "checkpoint.npz").write_bytes(b"old run")
     (out / "stale.txt").write_text("left over")
-    code, _ = run("train", "--train-limit", "32", "--test-limit", "8", "--batch-size", "32",
-                  "--epochs", "1", "--no-progress", "--out", str(out), "--force")
+    flags = ["--train-limit", "32", "--test-limit", "8", "--batch-size", "32", "--epochs", "1",
+             "--no-progress", "--out", str(out), "--force"]
+    assert main(["train", *flags]) == 4                # stale.txt is not a run's: refused
+    assert "stale.txt" in error_line(capsys)
+    assert (out / "stale.txt").read_text() == "left over"
+    assert (out / "checkpoint.npz").read_bytes() == b"old run"
+    (out / "stale.txt").unlink()
+    code, _ = run("train", *flags)
     assert code == 0
-    assert not (out / "stale.txt").exists()
     _, _, meta = load_checkpoint(out / "checkpoint.npz")
     assert meta["epoch"] == 1
 
@@ -119,14 +134,15 @@ def test_resume_through_the_cli_matches_the_uninterrupted_run(run_dir, tmp_path)
         assert a.keys() == b.keys()
         for k in a:
             assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
-    assert meta1 == meta2                              # history, RNG states, counters, config
+    assert meta1.pop("run")["id"] != meta2.pop("run")["id"]       # two runs...
+    assert meta1 == meta2                              # ...same history, RNG states, counters, config
     assert (out / "history.json").read_text() == (run_dir[0] / "history.json").read_text()
     assert sorted(p.name for p in (out / "figures").iterdir()) == RUN_FIGURES
 
 
-def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match=r"--resume: no checkpoint at .*checkpoint\.npz"):
-        main(["train", "--resume", str(tmp_path)])
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path)]) == 3               # DataFileError
+    assert re.fullmatch(r"bbits-ref: no checkpoint at \S*checkpoint\.npz", error_line(capsys))
 
 
 # --------------------------------------------------------------------------- flags -> config
@@ -136,8 +152,8 @@ def test_default_flags_use_the_quick_preset_on_embedded_data_and_official_elsewh
     assert (quick.epochs, quick.lr_weights, quick.lr_gates, quick.lr_ranges) == (15, 1e-3, 1e-2, 1e-3)
     assert config_of("--preset", "official") == TrainConfig()
     cifar = config_of("--dataset", "cifar10")
-    assert (cifar.model, cifar.epochs, cifar.lr_gates) == ("vgg7", 300, 1e-3)   # spec §7.3
-    assert cifar.bb_config().chain_logits.tolist() == [6.0] * 4
+    assert (cifar.model, cifar.epochs, cifar.lr_gates) == ("vgg7", 300, 1e-3)   # docs/method.md §7.3
+    assert cifar.method.chain_logits.tolist() == [6.0] * 4
 
 
 def test_learning_rate_flags():
@@ -148,19 +164,20 @@ def test_learning_rate_flags():
 
 
 def _quantizers(config):
-    return [q for _, q in lenet5(config.bb_config(), rng=0).quantizers()]
+    return [q for _, q in lenet5(config.method, rng=0).quantizers()]
 
 
 def test_quant_only():
     c = config_of("--quant-only")
-    assert (c.pruning, c.learn_bits, c.quantize, c.mu) == (False, True, True, 0.1)
+    assert (c.method.pruning, c.method.learn_bits, c.method.quantize, c.mu) == (False, True, True, 0.1)
     qs = _quantizers(c)
     assert all(q.prune_logits is None and q.gate_logits is not None for q in qs)
 
 
 def test_prune_only():
     c = config_of("--prune-only", "8/4")
-    assert (c.pruning, c.learn_bits, c.weight_bits, c.act_bits) == (True, False, 8, 4)
+    m = c.method
+    assert (m.pruning, m.learn_bits, m.weight_bits, m.act_bits) == (True, False, 8, 4)
     qs = _quantizers(c)
     assert all(q.gate_logits is None for q in qs)
     assert sum(q.prune_logits is not None for q in qs) == 3
@@ -169,13 +186,14 @@ def test_prune_only():
 
 def test_fixed_bits_baseline():
     c = config_of("--fixed-bits", "4/4", "--mu", "0.3")
-    assert (c.pruning, c.learn_bits, c.weight_bits, c.act_bits, c.mu) == (False, False, 4, 4, 0.0)
+    m = c.method
+    assert (m.pruning, m.learn_bits, m.weight_bits, m.act_bits, c.mu) == (False, False, 4, 4, 0.0)
     assert all(q.gate_logits is None and q.prune_logits is None for q in _quantizers(c))
 
 
 def test_full_precision():
     c = config_of("--full-precision")
-    assert (c.quantize, c.mu) == (False, 0.0)
+    assert (c.method.quantize, c.mu) == (False, 0.0)
     assert _quantizers(c) == []
 
 
@@ -183,10 +201,9 @@ def test_gate_prior_and_method_flags():
     c = config_of("--gate", "gumbel_softmax", "--temperature", "0.5", "--straight-through",
                   "--prior", "independent", "--reg-type", "const", "--no-hard-cut",
                   "--gate-preset", "cifar10", "--mu", "0.01", "--seed", "7")
-    assert (c.gate, c.gate_temperature, c.straight_through) == ("gumbel_softmax", 0.5, True)
-    assert (c.prior, c.reg_type, c.hard_cut, c.gate_preset, c.mu, c.seed) == (
-        "independent", "const", False, "cifar10", 0.01, 7)
-    bb = c.bb_config()
+    bb = c.method
+    assert (bb.gate, bb.prior, bb.reg_type, bb.hard_cut, bb.chain_init, c.mu, c.seed) == (
+        "gumbel_softmax", "independent", "const", False, "cifar10", 0.01, 7)
     assert bb.gate_options == {"temperature": 0.5, "straight_through": True}
     assert bb.chain_logits == pytest.approx([6 + 1.598597] * 4, abs=1e-6)   # shifted for GS
 
@@ -194,16 +211,26 @@ def test_gate_prior_and_method_flags():
 @pytest.mark.parametrize("flags, message", [
     (["--quant-only", "--full-precision"],
      "choose at most one of --quant-only, --prune-only, --fixed-bits, --full-precision "
-     r"\(got quant_only, full_precision\)"),
+     r"\(got --quant-only, --full-precision\)"),
     (["--prune-only", "8/8", "--fixed-bits", "4/4"], "choose at most one of"),
     (["--prune-only", "8"], "--prune-only takes W/A bit widths such as 8/8; got '8'"),
     (["--fixed-bits", "four/4"], "--fixed-bits takes W/A bit widths"),
-    (["--prune-only", "3/8"], "bbits-ref train: .*3"),
-    (["--epochs", "0"], "bbits-ref train: epochs must be at least 1"),
-    (["--mu", "-1"], "bbits-ref train: .*non-negative"),
+    (["--prune-only", "3/8"], "weight_bits: bits must be one of .*got 3"),
+    (["--epochs", "0"], "--epochs: epochs must be at least 1; got 0"),
+    (["--mu", "-1"], "--mu: mu must be at least 0; got -1"),
+    (["--mu", "nan"], "--mu: mu must be a finite number; got nan"),
+    (["--lr-gates", "inf"], "--lr-gates: lr_gates must be a finite number; got inf"),
+    (["--train-limit", "0"], "--train-limit: train_limit must be at least 1; got 0"),
+    (["--test-limit", "-3"], "--test-limit: test_limit must be at least 1; got -3"),
+    (["--seed", "-1"], "--seed: seed must be at least 0"),
+    (["--width", "0"], "--width: width must be greater than 0"),
+    (["--batch-size", "0"], "--batch-size: batch_size must be at least 1"),
+    (["--finetune-epochs", "-1"], "--finetune-epochs: finetune_epochs must be at least 0"),
+    (["--temperature", "0", "--gate", "gumbel_softmax"], "temperature"),
+    (["--straight-through"], "--straight-through applies to Gumbel-softmax gates only"),
 ])
 def test_bad_or_conflicting_flags_are_clear_errors(flags, message):
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(UsageError, match=message):
         config_of(*flags)
 
 
@@ -227,12 +254,13 @@ def test_info_prints_the_table(run_dir, capsys):
     assert f"{summary['relative_bops']:.4f}%" in text      # the same model as the summary
 
 
-def test_info_on_a_bad_path_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match=r"bbits-ref info: no checkpoint at"):
-        main(["info", str(tmp_path)])
+def test_info_on_a_bad_path_is_a_clear_error(tmp_path, capsys):
+    assert main(["info", str(tmp_path)]) == 3
+    assert error_line(capsys).startswith("bbits-ref: no checkpoint at")
     (tmp_path / "checkpoint.npz").write_bytes(b"garbage")
-    with pytest.raises(SystemExit, match=r"bbits-ref info: .*truncated or corrupted"):
-        main(["info", str(tmp_path)])
+    assert main(["info", str(tmp_path)]) == 3
+    assert re.fullmatch(r"bbits-ref: .*checkpoint\.npz is not a readable .*truncated or "
+                        r"corrupted.*", error_line(capsys))
 
 
 def test_figures_renders_a_run(run_dir, tmp_path, capsys):
@@ -245,8 +273,8 @@ def test_figures_renders_a_run(run_dir, tmp_path, capsys):
                                                ["gate_probabilities.png", "bit_widths.png",
                                                 "bops_accuracy.png", "kept_channels.png",
                                                 "training_curves.png"]]
-    with pytest.raises(SystemExit, match="neither history.json .* nor sweep.json"):
-        main(["figures", str(tmp_path)])
+    assert main(["figures", str(tmp_path)]) == 3
+    assert "neither history.json (a run) nor sweep.json" in error_line(capsys)
 
 
 def test_readout_vgg7(capsys):
@@ -258,39 +286,7 @@ def test_readout_vgg7(capsys):
     assert "32/32" in text and "128/128" in text            # width 0.25: 32 … 128 channels
 
 
-def test_sweep(tmp_path, capsys):
-    out = tmp_path / "sweep"
-    code = main(["sweep", "--mus", "0.1,1", "--workers", "2", "--baseline", "w8a8",
-                 "--train-limit", "32", "--test-limit", "32", "--epochs", "1",
-                 "--batch-size", "32", "--out", str(out)])
-    assert code == 0
-    rows = json.loads((out / "sweep.json").read_text())["runs"]
-    assert [(r["label"], r["mu"], r["kind"]) for r in rows] == [
-        ("mu0.1", 0.1, "bb"), ("mu1", 1.0, "bb"), ("w8a8", 0.0, "baseline")]
-    assert all(isinstance(r["pareto"], bool) for r in rows)
-    assert any(r["pareto"] for r in rows if r["kind"] == "bb") and not rows[2]["pareto"]
-    for r in rows:
-        summary = json.loads((out / r["label"] / "summary.json").read_text())
-        assert (r["test_accuracy"], r["relative_bops"]) == (
-            summary["test_accuracy"], summary["relative_bops"])
-    base = json.loads((out / "w8a8" / "config.json").read_text())
-    assert (base["learn_bits"], base["pruning"], base["weight_bits"], base["act_bits"]) == (
-        False, False, 8, 8)
-    assert rows[2]["relative_bops"] == pytest.approx(100 * 64 / 1024)     # 8/32 · 8/32
-    assert (out / "figures" / "pareto.png").stat().st_size > 1000
-    text = capsys.readouterr().out
-    assert "sweep: 3 runs with 2 worker process(es)" in text and "Pareto" in text
-    assert main(["figures", str(out)]) == 0                  # re-render from sweep.json
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--mus", "0.1,x"], "--mus takes comma-separated numbers"),
-    (["--baseline", "w8"], "unknown baseline 'w8'"),
-])
-def test_sweep_bad_arguments(tmp_path, flags, message):
-    with pytest.raises(SystemExit, match=message):
-        main(["sweep", *flags, "--out", str(tmp_path / "s")])
-    assert not (tmp_path / "s").exists()
+# sweep tests: tests/test_sweep.py
 
 
 def test_gradcheck_subcommand(capsys):

@@ -89,7 +89,7 @@ def test_random_graph_with_shared_nodes_matches_autograd(seed):
         return unary_sum(values[-4:])
 
     xs = [leaf(a) for a in inputs]
-    loss = run(xs, 0, lambda vs: ops.sum(ops.sigmoid(vs[0] + vs[1] + vs[2] + vs[3])))
+    loss = run(xs, 0, lambda vs: ops.reduce_sum(ops.sigmoid(vs[0] + vs[1] + vs[2] + vs[3])))
     loss.backward()
 
     def reference(*arrays):
@@ -284,6 +284,100 @@ def test_primitive_conventions():
     np.testing.assert_array_equal(grad(lambda x: x[[0, 0, 2]], [1.0, 2.0, 3.0]), [2.0, 0.0, 1.0])
     np.testing.assert_array_equal(grad(lambda x: x[x > 1.5], [1.0, 2.0, 3.0]), [0.0, 1.0, 1.0])
     np.testing.assert_array_equal(grad(lambda x: x.clip(0.0, 1.0), [0.0, 0.5, 1.0]), [0.0, 1.0, 0.0])
+
+
+# --------------------------------------------------------------------------- Tensor's operators
+
+# (what a student writes, the primitive it must record, the same computed with NumPy)
+_X = np.array([[0.5, -1.5, 2.0], [1.0, 0.25, -0.75]])
+_Y = np.array([[1.5, 2.0, 0.5], [0.5, 1.0, 2.5]])
+OPERATORS = [
+    ("x + y", lambda x, y: x + y, "add", _X + _Y),
+    ("2 + x", lambda x, y: 2.0 + x, "add", 2.0 + _X),
+    ("x - y", lambda x, y: x - y, "sub", _X - _Y),
+    ("2 - x", lambda x, y: 2.0 - x, "sub", 2.0 - _X),
+    ("x * y", lambda x, y: x * y, "mul", _X * _Y),
+    ("2 * x", lambda x, y: 2.0 * x, "mul", 2.0 * _X),
+    ("x / y", lambda x, y: x / y, "div", _X / _Y),
+    ("2 / y", lambda x, y: 2.0 / y, "div", 2.0 / _Y),
+    ("y ** x", lambda x, y: y ** x, "power", _Y ** _X),
+    ("2 ** x", lambda x, y: 2.0 ** x, "power", 2.0 ** _X),
+    ("x @ y.T", lambda x, y: x @ y.T, "matmul", _X @ _Y.T),
+    ("ndarray @ y", lambda x, y: _X @ y.T, "matmul", _X @ _Y.T),
+    ("-x", lambda x, y: -x, "neg", -_X),
+    ("abs(x)", lambda x, y: abs(x), "absolute", np.abs(_X)),
+    ("x.abs()", lambda x, y: x.abs(), "absolute", np.abs(_X)),
+    ("x[1:, ::2]", lambda x, y: x[1:, ::2], "getitem", _X[1:, ::2]),
+    ("x[Tensor index]", lambda x, y: x[Tensor(np.array([1, 0, 1]))], "getitem", _X[[1, 0, 1]]),
+    ("x.exp()", lambda x, y: x.exp(), "exp", np.exp(_X)),
+    ("y.log()", lambda x, y: y.log(), "log", np.log(_Y)),
+    ("x.sigmoid()", lambda x, y: x.sigmoid(), "sigmoid", 1 / (1 + np.exp(-_X))),
+    ("x.log_sigmoid()", lambda x, y: x.log_sigmoid(), "log_sigmoid", -np.log1p(np.exp(-_X))),
+    ("x.softplus()", lambda x, y: x.softplus(), "softplus", np.log1p(np.exp(_X))),
+    ("x.round_ste()", lambda x, y: x.round_ste(), "round_ste", np.round(_X)),
+    ("x.relu()", lambda x, y: x.relu(), "maximum", np.maximum(_X, 0)),
+    ("x.clip(-1, 1)", lambda x, y: x.clip(-1.0, 1.0), "clip", np.clip(_X, -1, 1)),
+    ("x.sum()", lambda x, y: x.sum(), "reduce_sum", _X.sum()),
+    ("x.sum(0, True)", lambda x, y: x.sum(axis=0, keepdims=True), "reduce_sum", _X.sum(0, keepdims=True)),
+    ("x.mean(1)", lambda x, y: x.mean(axis=1), "mean", _X.mean(1)),
+    ("x.max(-1)", lambda x, y: x.max(axis=-1), "reduce_max", _X.max(-1)),
+    ("x.reshape(3, 2)", lambda x, y: x.reshape(3, 2), "reshape", _X.reshape(3, 2)),
+    ("x.reshape((-1,))", lambda x, y: x.reshape((-1,)), "reshape", _X.reshape(-1)),
+    ("x.T", lambda x, y: x.T, "transpose", _X.T),
+    ("x.transpose(1, 0)", lambda x, y: x.transpose(1, 0), "transpose", _X.T),
+    ("x.broadcast_to", lambda x, y: x.broadcast_to([4, 2, 3]), "broadcast_to",
+     np.broadcast_to(_X, (4, 2, 3))),
+    ("x.flatten(0)", lambda x, y: x.flatten(0), "reshape", _X.reshape(-1)),
+]
+
+
+@pytest.mark.parametrize("f, name, expected", [o[1:] for o in OPERATORS],
+                         ids=[o[0] for o in OPERATORS])
+def test_each_operator_records_its_primitive(f, name, expected):
+    out = f(leaf(_X), leaf(_Y))
+    assert out.prim is PRIMITIVES[name]
+    np.testing.assert_allclose(out.data, expected, rtol=1e-12)
+
+
+def test_comparisons_give_plain_boolean_arrays():
+    x, y = leaf(_X), leaf(_Y)
+    for got, want in [(x < y, _X < _Y), (x <= 0.5, _X <= 0.5), (x > y, _X > _Y), (x >= 0.5, _X >= 0.5)]:
+        assert type(got) is np.ndarray and got.dtype == bool
+        np.testing.assert_array_equal(got, want)
+
+
+def test_operators_are_declared_in_the_class_and_nothing_attaches_more():
+    """Tensor reads as one piece: its operators are in the class body of engine.py, and no module
+    adds or replaces attributes of Tensor at import time."""
+    import ast
+    from pathlib import Path
+
+    engine = Path(__file__).resolve().parents[1] / "bbits_ref" / "autograd" / "engine.py"
+    tree = ast.parse(engine.read_text(encoding="utf-8"))
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Tensor"]
+    methods = {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef)}
+    wanted = {"__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
+              "__rtruediv__", "__pow__", "__rpow__", "__matmul__", "__rmatmul__", "__neg__",
+              "__abs__", "__getitem__", "__lt__", "__le__", "__gt__", "__ge__", "exp", "log",
+              "abs", "sigmoid", "log_sigmoid", "softplus", "round_ste", "relu", "sum", "mean",
+              "max", "clip", "reshape", "transpose", "broadcast_to", "flatten"}
+    assert wanted <= set(methods), f"missing from the class body: {sorted(wanted - set(methods))}"
+    assert all(ast.get_docstring(methods[m]) for m in wanted)
+    # at run time (all of bbits_ref imported), Tensor has exactly what its class body declares
+    declared = set(methods) | {t.id for n in cls.body if isinstance(n, ast.Assign)
+                               for t in n.targets if isinstance(t, ast.Name)}
+    implicit = {"__module__", "__qualname__", "__doc__", "__dict__", "__weakref__",
+                "__annotations__", "__firstlineno__", "__static_attributes__"}
+    attached = set(vars(Tensor)) - declared - implicit
+    assert not attached, f"attached to Tensor from outside its class body: {sorted(attached)}"
+    for name in wanted:
+        assert vars(Tensor)[name].__qualname__ == f"Tensor.{name}", f"Tensor.{name} was replaced"
+
+
+def test_an_unregistered_primitive_is_a_clear_error(monkeypatch):
+    monkeypatch.delitem(PRIMITIVES, "add")
+    with pytest.raises(RuntimeError, match="primitive 'add' is not registered"):
+        leaf([1.0]) + 1.0
 
 
 # --------------------------------------------------------------------------- bad input

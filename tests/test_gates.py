@@ -1,4 +1,4 @@
-"""Tests for bbits_ref.method.gates: hard-concrete and Gumbel-softmax gates, the gate chain (spec §3)."""
+"""Tests for bbits_ref.method.gates: hard-concrete and Gumbel-softmax gates, the gate chain (docs/method.md §3)."""
 import math
 
 import numpy as np
@@ -53,7 +53,7 @@ def test_prob_zero_and_prob_one_are_consistent():
     np.testing.assert_allclose(pz + pnz, 1.0, rtol=0, atol=1e-15)
     p1 = HC.prob_one(PHIS).data
     assert np.all(p1 < pnz)
-    assert HC.prob_one(np.float64(6.0)).item() == pytest.approx(0.988, abs=5e-4)   # spec §3.1
+    assert HC.prob_one(np.float64(6.0)).item() == pytest.approx(0.988, abs=5e-4)   # §3.1
     gs = GumbelSoftmax()
     np.testing.assert_allclose(gs.prob_zero(PHIS).data + gs.prob_nonzero(PHIS).data, 1.0)
 
@@ -62,7 +62,7 @@ def test_gumbel_softmax_threshold_and_init():
     gs = GumbelSoftmax()
     assert gs.threshold_logit() == 0.0
     np.testing.assert_array_equal(gs.deterministic(np.array([-1e-9, 0.0, 1e-9])), [0, 0, 1])
-    # init_logit 7.6 gives about the hard concrete's π(6) (spec §3.7).
+    # init_logit 7.6 gives about the hard concrete's π(6) (§3.7).
     assert gs.prob_nonzero(gs.init_logit).item() == pytest.approx(
         HC.prob_nonzero(HC.init_logit).item(), abs=1e-4)
 
@@ -86,7 +86,7 @@ def test_hard_concrete_monte_carlo_matches_prob_nonzero_and_prob_one():
     assert z.min() >= 0.0 and z.max() <= 1.0
     mc_check(z != 0, HC.prob_nonzero(PHIS).data)
     mc_check(z == 1, HC.prob_one(PHIS).data)
-    # At the decision boundary P(z > 0) = 0.66 (spec §11.3).
+    # At the decision boundary P(z > 0) = 0.66 (§11.3).
     assert abs((z[2] != 0).mean() - 0.66) < 4 * math.sqrt(0.66 * 0.34 / N_MC) + 5e-4
 
 

@@ -1,4 +1,6 @@
-"""Tests for bbits_ref.method.models: LeNet-5 and VGG-7 with Bayesian Bits quantizers (spec §4.4, §6–§7).
+"""Tests for bbits_ref.method.models: LeNet-5 and VGG-7 with Bayesian Bits quantizers.
+
+Sections of docs/method.md: §4.4, §6–§7.
 
 Structure and counts (§7.1), lazy range init (§2.1), MAC tables and BOP weights (§4.4, §5.1),
 noise feeding (§3.2), a whole-network gradient check, gates inside the model (§3.4, §3.5, §6),
@@ -22,7 +24,7 @@ HC = HardConcrete()
 
 
 def assert_matches_direct(got, direct, step):
-    """``got`` equals the direct grid quantizer, except a handful of float32 near-ties (spec §2.4).
+    """``got`` equals the direct grid quantizer, except a handful of float32 near-ties (§2.4).
 
     The residual decomposition and s_b·round(x_c/s_b) agree exactly in exact arithmetic; in float32
     a value within an ulp of a rounding tie may land on the neighbouring level (one step off).
@@ -34,7 +36,7 @@ def assert_matches_direct(got, direct, step):
 
 
 def mnist_like(rng, n):
-    """Images on the 8-bit grid in [0, 1], like ToTensor() MNIST pixels (spec §7.3)."""
+    """Images on the 8-bit grid in [0, 1], like ToTensor() MNIST pixels (§7.3)."""
     return (rng.integers(0, 256, size=(n, 1, 28, 28)) / 255.0).astype(np.float32)
 
 
@@ -69,14 +71,14 @@ def test_lenet5_counts_and_quantizer_layout():
         assert getattr(model, n).weight_quantizer.prune_logits.shape == \
             (getattr(model, n).weight.shape[0],)
         np.testing.assert_array_equal(getattr(model, n).weight_quantizer.prune_logits.data, 6.0)
-    for _, q in model.quantizers():                          # MNIST preset (spec §3.1)
+    for _, q in model.quantizers():                          # MNIST preset (§3.1)
         np.testing.assert_array_equal(q.gate_logits.data, [6.0, 6.0, -6.0, -6.0])
     assert model.output_shape == (10,)
 
 
 def test_vgg7_counts_and_layout(vgg_full):
     counts = count_parameters(vgg_full)
-    assert counts["gates"] == 60 + 2816                      # spec §7.1, comparison paragraph
+    assert counts["gates"] == 60 + 2816                      # §7.1, comparison paragraph
     # conv weights (no bias) + BN γ, β per conv; fc1 (no bias) + BN; fc2 with bias
     convs = [(3, 128), (128, 128), (128, 256), (256, 256), (256, 512), (512, 512)]
     expected = sum(o * i * 9 + 2 * o for i, o in convs) + 8192 * 1024 + 2 * 1024 + 1024 * 10 + 10
@@ -86,7 +88,7 @@ def test_vgg7_counts_and_layout(vgg_full):
     assert vgg_full.fc2.act_quantizer is None and vgg_full.fc2.weight_quantizer.prune_logits is None
     assert all(isinstance(m, (qnn.QConv2dBN, qnn.QLinearBN))
                for n, m in vgg_full.quantized_layers() if n != "fc2")
-    for _, q in vgg_full.quantizers():                       # CIFAR preset: all 6 (spec §3.1)
+    for _, q in vgg_full.quantizers():                       # CIFAR preset: all 6 (§3.1)
         np.testing.assert_array_equal(q.gate_logits.data, 6.0)
 
 
@@ -143,7 +145,7 @@ def test_mac_tables_match_bops(vgg_full):
     assert lenet5().layer_macs() == bops.lenet5_layer_macs()
     assert vgg_full.layer_macs() == bops.vgg7_layer_macs(1.0)
     assert vgg7(0.25).layer_macs() == bops.vgg7_layer_macs(0.25)
-    # spec §5.1 numbers, independently of bops
+    # §5.1 numbers, independently of bops
     assert [m for _, m in lenet5().layer_macs()] == [460_800, 3_276_800, 524_288, 5_120]
     assert sum(m for _, m in vgg_full.layer_macs()) == 615_917_568
 
@@ -245,7 +247,7 @@ def _gradcheck_model(seed=0):
 
     Two genuine kinks of the frozen-rounding loss are moved away from the evaluation point:
     * a weight quantizer initialised with β = max(w) has its largest weight 1e−7·β above the
-      clip bound hi = (1 − 1e−7)·β (spec §2.2), so β is scaled by 0.93;
+      clip bound hi = (1 − 1e−7)·β (§2.2), so β is scaled by 0.93;
     * an activation chain gate sampled at exactly 0 rounds small positive activations to 0,
       which ties them with ReLU zeros inside a max-pool window, so the activation chain noise is
       fixed at u = 0.5 (fractional gates) and the activation chain reaches 32 bits.
@@ -339,7 +341,7 @@ def test_gradient_check_catches_a_wrong_gate_gradient(gradcheck_model, monkeypat
     """Negative control: a gate sample whose gradient lost a factor 2 (say, of 1/β_hc) is caught.
 
     (A wrong ReLU gradient would not be: every ReLU is followed by an activation quantizer whose
-    clip already gives the ReLU zeros no gradient, spec §2.2.)
+    clip already gives the ReLU zeros no gradient, §2.2.)
     """
     original = HardConcrete.sample
 
@@ -369,7 +371,7 @@ def test_pruned_channels_are_zero_but_bias_still_flows(lenet_init):
         assert np.all(w_q[pruned] == 0)
         kept = np.setdiff1d(np.arange(32), pruned)
         assert np.all(np.abs(w_q[kept]).sum(axis=(1, 2, 3)) > 0)
-        # the pruned channel outputs Q_a(relu(bias)) everywhere (spec §6)
+        # the pruned channel outputs Q_a(relu(bias)) everywhere (§6)
         beta_a = float(layer.act_quantizer.beta.data)
         expect = quantize_direct(np.maximum(layer.bias.data[pruned], 0), beta_a, 8, signed=False)
         np.testing.assert_allclose(out[:, pruned], np.broadcast_to(
@@ -545,7 +547,7 @@ def test_gumbel_softmax_config_shifts_the_logits():
     for _, q in model.quantizers():
         assert q.gate.name == "gumbel_softmax"
         np.testing.assert_allclose(q.gate_logits.data, hc + 1.598597, atol=1e-5)
-        # sigmoid(φ_GS) = π_HC(φ_HC): the same initial on-probability (spec §3.7)
+        # sigmoid(φ_GS) = π_HC(φ_HC): the same initial on-probability (§3.7)
         np.testing.assert_allclose(1 / (1 + np.exp(-q.gate_logits.data.astype(np.float64))),
                                    HC.prob_nonzero(hc).data, rtol=1e-6)
         if q.prune_logits is not None:
@@ -603,7 +605,7 @@ def test_bad_input_gives_clear_errors():
         model(np.zeros((1, 28, 28), dtype=np.float32), rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="unknown gate preset 'svhn'"):
         BBConfig(chain_init="svhn")
-    with pytest.raises(ValueError, match="four logits"):
+    with pytest.raises(ValueError, match="four finite logits"):
         BBConfig(chain_init=(6.0, 6.0, 6.0))
     with pytest.raises(ValueError, match="set weight_bits"):
         BBConfig(learn_bits=False)
@@ -611,7 +613,7 @@ def test_bad_input_gives_clear_errors():
         BBConfig(learn_bits=False, weight_bits=4)
     with pytest.raises(ValueError, match="bits must be one of"):
         BBConfig(learn_bits=False, weight_bits=3, act_bits=8)
-    with pytest.raises(ValueError, match="unknown gate kind 'sigmoid'"):
+    with pytest.raises(ValueError, match="gate must be one of hard_concrete, gumbel_softmax; got 'sigmoid'"):
         BBConfig(gate="sigmoid")
     with pytest.raises(TypeError, match="config must be a BBConfig; got dict"):
         lenet5({"pruning": False})

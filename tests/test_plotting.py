@@ -11,7 +11,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from bbits_ref import plotting  # noqa: E402
-from bbits_ref.plotting import pareto_front  # noqa: E402
 
 W1, A1, W2 = "conv1.weight_quantizer", "conv1.act_quantizer", "fc1.weight_quantizer"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -196,26 +195,6 @@ POINTS = [
     {"mu": 1.0, "relative_bops": 0.3, "test_accuracy": 0.85},    # same BOPs, less accurate
     {"mu": 3.0, "relative_bops": 0.6, "test_accuracy": 0.94},    # same accuracy, more BOPs
 ]
-
-
-def test_pareto_front_removes_dominated_and_sorts():
-    front = pareto_front(POINTS)
-    assert [p["mu"] for p in front] == [0.3, 0.1, 0.03]
-
-
-def test_pareto_front_keeps_identical_points_and_is_order_free():
-    twin = {"label": "twin", "relative_bops": 0.3, "test_accuracy": 0.92}
-    front = pareto_front([twin, *POINTS[::-1]])
-    assert [p.get("mu", p.get("label")) for p in front] == [0.3, "twin", 0.1, 0.03]
-    assert pareto_front([]) == []
-    assert pareto_front(POINTS[:1]) == POINTS[:1]
-
-
-def test_pareto_front_bad_points():
-    with pytest.raises(ValueError, match=r"points\[1\].*test_accuracy"):
-        pareto_front([POINTS[0], {"mu": 1, "relative_bops": 0.3}])
-    with pytest.raises(ValueError, match="non-finite"):
-        pareto_front([POINTS[0], {"mu": 1, "relative_bops": 0.3, "test_accuracy": np.nan}])
 
 
 def test_plot_pareto_front_and_baselines():

@@ -1,4 +1,4 @@
-"""Tests for bbits_ref.method.prior: the KL, the code's BOP regularizer and the independent-prior ablation (spec §4)."""
+"""Tests for bbits_ref.method.prior: the KL, the code's BOP regularizer and the independent-prior ablation (docs/method.md §4)."""
 import numpy as np
 import pytest
 from autograd import grad
@@ -40,7 +40,7 @@ def test_bop_regularizer_by_hand_with_simple_probabilities():
 
 
 def test_bop_regularizer_for_the_initial_gate_logits_of_the_spec():
-    # Every φ = 6 except the MNIST z16, z32 (−6), w = 1/8 (spec §3.1): π(6) = 0.99950, π(−6) = 0.01211.
+    # Every φ = 6 except the MNIST z16, z32 (−6), w = 1/8 (§3.1): π(6) = 0.99950, π(−6) = 0.01211.
     p6, m6 = pi(6.0), pi(-6.0)
     assert p6 == pytest.approx(0.99950, abs=5e-6) and m6 == pytest.approx(0.01211, abs=5e-6)
     phi2, chain = np.full(5, 6.0), np.array([6.0, 6.0, -6.0, -6.0])
@@ -55,7 +55,7 @@ def test_bop_regularizer_for_the_initial_gate_logits_of_the_spec():
 
 
 def test_regularizer_is_the_approximate_kl_with_lambda_mu_b_w():
-    """μ·R_t = mean over channels of Σ_b λ_b Π_{k≤b} π_k with λ = μ·b·w (spec §4.2–4.4)."""
+    """μ·R_t = mean over channels of Σ_b λ_b Π_{k≤b} π_k with λ = μ·b·w (§4.2–4.4)."""
     rng = np.random.default_rng(0)
     pz2, chain = rng.uniform(0.05, 1, 7), rng.uniform(0.05, 1, 4)
     mu, w = 0.1, 0.3
@@ -185,7 +185,7 @@ C8 = W * 8                                              # c(8) = w·8
 def data_term(z2, gates, weight, target):
     """An L2 data loss on a tiny quantized weight tensor, x_q = bb_quantize(weight, β = 1, gates).
 
-    x_q = z2·(x2 + z4·(ε4 + z8·(ε8 + …))) (spec §2.4–2.5): z8 reaches the loss only through z4
+    x_q = z2·(x2 + z4·(ε4 + z8·(ε8 + …))) (§2.4–2.5): z8 reaches the loss only through z4
     (and z2); a gate that is ``None`` (hard cut) drops its residual and everything above it.
     """
     x_q = bb_quantize(weight, Tensor(np.float64(1.0)), z2, *gates, signed=True)
@@ -274,7 +274,7 @@ def test_under_the_independent_prior_an_unseen_z8_is_switched_off_for_good():
             _, d = phi8_push(reg, np.full(3, 6.0), chain, np.full(3, 0.5), U_CHAIN_Z4_OFF)
             phi8 -= 5.0 * d
         final[name] = phi8
-    assert final["independent"] <= -2.0                     # cut for good (spec §3.5)
+    assert final["independent"] <= -2.0                     # cut for good (§3.5)
     assert final["autoregressive"] > 2.5
 
 
@@ -331,7 +331,7 @@ def test_prior_is_autoregressive_with_exp_minus_lambda_and_no_mass_below_an_off_
 
 
 def test_exact_kl_by_enumeration_equals_the_chain_rule_closed_form():
-    # Spec §4.2: KL over all 32 configurations = Σ_b (Π_{k<b} π_k)·KL(Bern(π_b) ‖ Bern(e^{−λ_b})).
+    # §4.2: KL over all 32 configurations = Σ_b (Π_{k<b} π_k)·KL(Bern(π_b) ‖ Bern(e^{−λ_b})).
     from bbits_ref.method.prior import autoregressive_kl, chain_pmf, prior_conditionals
     rng = np.random.default_rng(4)
     for _ in range(5):

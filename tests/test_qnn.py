@@ -1,4 +1,4 @@
-"""Tests for bbits_ref.method.layers: BBConfig, BBQuantizer, quantized and BN-folded layers (spec §2–§6)."""
+"""Tests for bbits_ref.method.layers: BBConfig, BBQuantizer, quantized and BN-folded layers (docs/method.md §2–§6)."""
 import numpy as np
 import pytest
 
@@ -17,7 +17,7 @@ U_ONE = 1 - 1e-6          # uniform noise that makes a hard-concrete gate with �
 
 
 def hard_concrete_by_hand(phi, u):
-    """z = clip(sigmoid((log u − log(1 − u) + φ)/(2/3))·1.2 − 0.1, 0, 1)   (spec §3.2)."""
+    """z = clip(sigmoid((log u − log(1 − u) + φ)/(2/3))·1.2 − 0.1, 0, 1)   (§3.2)."""
     phi, u = np.asarray(phi, np.float64), np.asarray(u, np.float64)
     s = 1 / (1 + np.exp(-(np.log(u) - np.log1p(-u) + phi) * 1.5))
     return np.clip(s * 1.2 - 0.1, 0, 1)
@@ -41,13 +41,18 @@ def test_config_presets_and_logits():
 
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(chain_init="svhn"), ValueError, "unknown gate preset"),
-    (dict(chain_init=(6.0,) * 5), ValueError, "four logits"),
+    (dict(chain_init=(6.0,) * 5), ValueError, "four finite logits"),
+    (dict(chain_init=(6.0, 6.0, float("nan"), 6.0)), ValueError, "four finite logits"),
+    (dict(prune_init=float("inf")), ValueError, "prune_init must be a finite number"),
+    (dict(hard_cut="no"), ValueError, "hard_cut must be true or false"),
+    (dict(gate_options=dict(straight_through=True)), ValueError,
+     "hard_concrete gates take the options .*straight-through applies to Gumbel-softmax"),
     (dict(prior="flat"), ValueError, "prior must be one of"),
-    (dict(reg_type="l2"), ValueError, "reg_type must be 'bop' or 'const'"),
-    (dict(clip="torch"), ValueError, "clip must be 'official' or 'numpy'"),
+    (dict(reg_type="l2"), ValueError, "reg_type must be one of bop, const; got 'l2'"),
+    (dict(clip="torch"), ValueError, "clip must be one of official, numpy; got 'torch'"),
     (dict(learn_bits=False, act_bits=8), ValueError, "set weight_bits"),
     (dict(learn_bits=False, weight_bits=4, act_bits=3), ValueError, "bits must be one of"),
-    (dict(gate="relaxed"), ValueError, "unknown gate kind"),
+    (dict(gate="relaxed"), ValueError, "gate must be one of hard_concrete, gumbel_softmax"),
     (dict(gate="hard_concrete", gate_options=dict(temperature=-1.0)), ValueError, "temperature"),
 ])
 def test_config_rejects_bad_settings(kwargs, error, match):
@@ -186,7 +191,7 @@ def test_regularizer_dispatch(kind, channels, prior_kind, fn, reg_type):
     want = fn(None if channels is None else q.prune_probs(), Tensor(pi), 0.37, reg_type=reg_type)
     assert float(q.regularizer().data) == pytest.approx(float(want.data), rel=1e-6)
     if prior_kind == "autoregressive" and reg_type == "bop" and channels is None:
-        p4, p8, p16, p32 = pi                                 # spec §4.3, without pruning
+        p4, p8, p16, p32 = pi                                 # §4.3, without pruning
         hand = 1 + 0.37 * (4 * p4 + 8 * p4 * p8 + 16 * p4 * p8 * p16 + 32 * p4 * p8 * p16 * p32)
         assert float(q.regularizer().data) == pytest.approx(hand, rel=1e-6)
 
@@ -259,7 +264,7 @@ def test_folded_bn_eval_uses_running_statistics(kind):
 
 @pytest.mark.parametrize("kind", ["conv", "linear"])
 def test_folded_bn_training_corrects_with_batch_statistics(kind):
-    """y = op(x, Q(W·γ/σ_run))·σ_run/σ_B + β − γ·μ_B/σ_B; μ_B, σ_B from op(x, W) (spec §6)."""
+    """y = op(x, Q(W·scale/σ_run))·σ_run/σ_B + shift − scale·m_B/σ_B; m_B, σ_B from op(x, W) (§6)."""
     layer, x = _bn_layer(kind, np.float64, BBConfig(), np.random.default_rng(1))
     bn = layer.bn
     q = layer.weight_quantizer
@@ -288,7 +293,7 @@ def test_folded_bn_at_32_bits_equals_plain_batch_norm_in_training(kind, dtype, t
     layer, x = _bn_layer(kind, dtype, BBConfig(chain_init="cifar10"), np.random.default_rng(2))
     bn = layer.bn
     q = layer.weight_quantizer
-    # A range that clips nothing (β = max(w) would clip the negative tail, spec §2.1), so that
+    # A range that clips nothing (β = max(w) would clip the negative tail, §2.1), so that
     # the 32-bit Q is the identity up to ~s32/2 ≈ 2e−10·β.
     bound = 2 * float(np.abs(layer.weight.data).max() * bn.weight.data.max()
                       / np.sqrt(bn.running_var.min() + bn.eps))

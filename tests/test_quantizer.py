@@ -1,13 +1,13 @@
-"""Tests of the Bayesian Bits quantizer (bbits_ref/quantizer.py; spec §2, §11).
+"""Tests of the Bayesian Bits quantizer (bbits_ref/quantizer.py; docs/method.md §2, §11).
 
 Three independent references for the fused primitive ``bb_quantize``:
-  * the closed forms of spec §2.6, written out here by hand from :func:`decompose`;
+  * the closed forms of §2.6, written out here by hand from :func:`decompose`;
   * central finite differences with the rounding offsets frozen (``check_grads``);
   * the literal formula differentiated by autograd: the engine composite
     ``bb_quantize_composite`` and the HIPS-autograd oracle in tests/oracles/quantizer_oracle.py.
 
 Exact rounding ties (a value exactly halfway between two grid points) have measure zero; the
-decomposition property holds everywhere else (spec §2.4), so the property tests leave out the
+decomposition property holds everywhere else (§2.4), so the property tests leave out the
 values that lie within a small distance of a tie at the bit width being checked.
 """
 import warnings
@@ -80,7 +80,7 @@ def weight_case(rng, signed, shape=(4, 3, 5), beta=None):
 
 
 def by_hand(x, beta, z2, gates, g, signed):
-    """The closed forms of spec §2.6 from the NumPy decomposition (z2 of shape (C,))."""
+    """The closed forms of §2.6 from the NumPy decomposition (z2 of shape (C,))."""
     d = decompose(x, beta, signed)
     lo, hi = clip_range(beta, signed)
     z2b = np.asarray(z2).reshape((-1,) + (1,) * (x.ndim - 1))
@@ -128,7 +128,7 @@ def test_step_sizes_are_chained_and_are_the_b_bit_grid(signed):
     assert steps[0] == width / 3
     for s, s_next, divisor in zip(steps, steps[1:], (5, 17, 257, 65537)):
         assert s_next == s / divisor                     # chained, bit for bit
-    for s, bits in zip(steps, BIT_WIDTHS):               # = the ordinary b-bit step (spec §2.3)
+    for s, bits in zip(steps, BIT_WIDTHS):               # = the ordinary b-bit step (§2.3)
         assert s == pytest.approx(width / (2.0 ** bits - 1), rel=1e-14)
     assert all(s.dtype == np.float32 for s in step_sizes(np.float32(1.7), signed))
 
@@ -148,7 +148,7 @@ def test_clip_range_and_init_range():
 
 @given(data=st.data(), signed=st.booleans(), dtype=st.sampled_from([np.float64, np.float32]))
 def test_decomposition_equals_direct_quantization(data, signed, dtype):
-    """A_{2b} = s_{2b}·round(x_c/s_{2b}) for b in {2, 4, 8, 16} (spec §2.4), off exact ties.
+    """A_{2b} = s_{2b}·round(x_c/s_{2b}) for b in {2, 4, 8, 16} (§2.4), off exact ties.
 
     Values within 1e-9 (float64) or 1e-3 (float32) of a rounding tie are left out.  float32
     is checked up to 8 bits: at 16 bits x_c/s16 reaches 65535, where float32 resolves
@@ -174,7 +174,7 @@ def test_decomposition_equals_direct_quantization(data, signed, dtype):
 
 @pytest.mark.parametrize("signed", [True, False])
 def test_level_counts_match_the_table(signed):
-    """Reachable integer levels (spec §2.4): signed 2-bit is ternary, 4-bit is −7…7, …"""
+    """Reachable integer levels (§2.4): signed 2-bit is ternary, 4-bit is −7…7, …"""
     beta = 1.3
     x = np.linspace(-1.2 * beta if signed else -0.2 * beta, 1.2 * beta, 400_001)
     for bits, a in zip((2, 4, 8, 16), cumulative(decompose(x, beta, signed))):
@@ -191,7 +191,7 @@ def test_level_counts_match_the_table(signed):
 # --------------------------------------------------------------------------- golden vectors
 
 X_GOLDEN = [-1.3, -0.5, -0.1, 0, 0.07, 0.26, 0.49, 1.2, 2.0]
-GOLDEN = [  # spec §11.4: β = 1, z2 = 1; (signed, z4, z8, x_q, ∂x_q/∂β, ∂x_q/∂x)
+GOLDEN = [  # §11.4: β = 1, z2 = 1; (signed, z4, z8, x_q, ∂x_q/∂β, ∂x_q/∂x)
     (True, 0, 0, [-2 / 3, -2 / 3, 0, 0, 0, 0, 2 / 3, 2 / 3, 2 / 3],
      [-0.666667, -0.166667, 0.1, 0, -0.07, -0.26, 0.176667, 0.666667, 0.666667], None),
     (True, 1, 0, [-0.933333, -0.533333, -0.133333, 0, 0.133333, 0.266667, 0.533333, 0.933333,
@@ -228,7 +228,7 @@ def test_golden_vectors(signed, z4, z8, want_q, want_dbeta, want_dx, dtype):
 
 @pytest.mark.parametrize("signed", [True, False])
 def test_closed_form_gradients_by_hand(signed):
-    """dx = z2·1[lo<x<hi], the β formula and the gate gradients of spec §2.6 (float64)."""
+    """dx = z2·1[lo<x<hi], the β formula and the gate gradients of §2.6 (float64)."""
     rng = np.random.default_rng(3)
     x, beta = weight_case(rng, signed)
     z2 = rng.uniform(0.05, 0.95, x.shape[0])
@@ -354,7 +354,7 @@ def test_float_corner_on_the_upper_bound_follows_the_official_chain_rule():
 
 @pytest.mark.parametrize("signed", [True, False])
 def test_gate_exactly_zero_has_zero_gradient_and_same_forward(signed):
-    """Official convention (spec §2.5): z8 = 0 skips e8…e32, so ∂/∂z8 = 0, not z2·z4·Σg·e8."""
+    """Official convention (§2.5): z8 = 0 skips e8…e32, so ∂/∂z8 = 0, not z2·z4·Σg·e8."""
     rng = np.random.default_rng(7)
     x, beta = weight_case(rng, signed, shape=(3, 8))
     z2 = rng.uniform(0.05, 0.95, 3)
@@ -389,7 +389,7 @@ def direct_ste(x, beta, bits, signed):
 @pytest.mark.parametrize("bits", BIT_WIDTHS)
 @pytest.mark.parametrize("signed", [True, False])
 def test_fixed_gates_reproduce_direct_quantization(bits, signed):
-    """0/1 gates = a plain k-bit quantizer (spec §2.7), and the same β and x gradients."""
+    """0/1 gates = a plain k-bit quantizer (§2.7), and the same β and x gradients."""
     rng = np.random.default_rng(bits)
     x, beta = weight_case(rng, signed, shape=(500,))
     q = fixed_quantize(Tensor(x), Tensor(np.asarray(beta)), bits, signed=signed).data
@@ -412,7 +412,7 @@ def test_fixed_gates_reproduce_direct_quantization(bits, signed):
 
 @pytest.mark.parametrize("signed", [True, False])
 def test_numpy_clip_differs_only_at_exact_ties(signed):
-    """clip="numpy" gives the same values except, possibly, on exact rounding ties (spec §2.3a).
+    """clip="numpy" gives the same values except, possibly, on exact rounding ties (§2.3a).
 
     The ReLU clip moves an in-range x_c by a few ulps of hi; only on an exact tie does that flip
     the rounded value, by one step of the bit width in use.
@@ -549,3 +549,14 @@ def test_bad_clip_and_signed():
         bb_quantize(Tensor(np.ones(3)), 1.0, signed="yes")
     with pytest.raises(ValueError, match="non-empty"):
         init_range(np.array([]))
+
+
+@pytest.mark.parametrize("clip", ["official", "numpy"])
+def test_numpy_helpers_accept_a_plain_number(clip):
+    """A student's `decompose(0.3, …)` works on a Python float, like on a 1-element array."""
+    parts = decompose(0.3, 1.0, True, clip=clip)
+    ones = decompose(np.array([0.3]), 1.0, True, clip=clip)
+    for key, value in parts.items():
+        assert np.shape(value) == () and value == ones[key][0]
+    assert quantize_direct(0.3, 1.0, 4, True, clip=clip) == quantize_direct(np.array([0.3]), 1.0, 4,
+                                                                          True, clip=clip)[0]

@@ -1,4 +1,4 @@
-"""Tests for bbits_ref.method.readout: gate readouts per quantizer and model BOPs (spec §3.3–§3.5, §5)."""
+"""Tests for bbits_ref.method.readout: gate readouts per quantizer and model BOPs (docs/method.md §3.3–§3.5, §5)."""
 import json
 
 import numpy as np
@@ -10,8 +10,8 @@ from bbits_ref.method.layers import BBConfig
 from bbits_ref.method.readout import (BIT_CHOICES, effective_chain_probs, model_readout,
                                quantizer_readout)
 
-OFFSET = 1.598597                                            # −β_hc·log(−γ/ζ), spec §3.3
-LENET_MACS = [460_800, 3_276_800, 524_288, 5_120]            # spec §5.1
+OFFSET = 1.598597                                            # −β_hc·log(−γ/ζ), §3.3
+LENET_MACS = [460_800, 3_276_800, 524_288, 5_120]            # §5.1
 VGG_MACS = [3_538_944, 150_994_944, 75_497_472, 150_994_944, 75_497_472, 150_994_944,
             8_388_608, 10_240]
 
@@ -34,7 +34,7 @@ def test_lenet5_readout_at_init_prints_6_25_percent(capsys):
         assert name in text
     assert [(c.w_bits, c.a_bits) for c in read.layers] == [(8, 8)] * 4
     assert all(r.deterministic_bits == 8 for r in read.quantizers)
-    # Expected BOPs (our addition): π = π(6) for every live gate, z16/z32 hard-cut (spec §3.5)
+    # Expected BOPs (our addition): π = π(6) for every live gate, z16/z32 hard-cut (§3.5)
     p = pi(6.0)
     e_bits = 2 + 2 * p + 4 * p * p                           # E[b | on], 8 bits at most
     terms = [LENET_MACS[0] * e_bits * p * 8,                 # keep_out = π2, input 8 bits
@@ -95,7 +95,7 @@ def test_bit_probs_match_a_hand_computation(tuned_lenet):
     assert r.expected_bits == pytest.approx(sum(b * p for b, p in r.bit_probs.items()), rel=1e-12)
     assert r.log2_expected_bits == pytest.approx(np.log2(r.expected_bits), rel=1e-12)
     np.testing.assert_allclose(r.chain_probs, [p4, p8, p16, 0.0], rtol=1e-6)
-    # test-time gates: φ4 = 1, φ8 = 0 on; φ16 = −1.5 < −0.935303 off → 8 bits (spec §3.4)
+    # test-time gates: φ4 = 1, φ8 = 0 on; φ16 = −1.5 < −0.935303 off → 8 bits (§3.4)
     assert r.deterministic_bits == 8
     kept = int((np.linspace(-3.0, 3.0, 512).astype(np.float32) > -0.935303).sum())
     assert r.kept_channels == kept and r.channels == 512

@@ -34,8 +34,11 @@ from bbits_ref.torch_impl import bops as t_bops  # noqa: E402
 from bbits_ref.torch_impl import gates as t_gates  # noqa: E402
 from bbits_ref.torch_impl import prior as t_prior  # noqa: E402
 from bbits_ref.torch_impl.adapter import adapter as torch_adapter  # noqa: E402
+from bbits_ref.torch_impl import quantizer as t_q  # noqa: E402
 from bbits_ref.torch_impl.quantizer import (_CPU_BLOCK, bb_quantize, fixed_quantize,  # noqa: E402
                                             round_ste)
+from bbits_ref.method import architectures  # noqa: E402
+from bbits_ref.method import bops as ref_bops  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH = {np.float32: torch.float32, np.float64: torch.float64}
@@ -134,6 +137,179 @@ def test_clear_import_error_without_torch():
     assert "pip install 'bbits_ref[torch]'" in out
 
 
+# Modules of the reference torch_impl may import: the method's numbers, the networks'
+# descriptions, and the settings object (data).  Anything else would let the port borrow a
+# formula from the reference, and then agreeing with it would prove nothing.
+SHARED_WITH_THE_REFERENCE = {"bbits_ref.method.constants": None,
+                             "bbits_ref.method.architectures": None,
+                             "bbits_ref.method.layers": {"BBConfig"}}
+
+
+def _project_imports(tree):
+    """(module, names, inside a function) of each import of bbits_ref outside torch_impl."""
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+
+    def in_function(node):
+        while node in parents:
+            node = parents[node]
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                return True
+        return False
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            found.append(("relative import", set(), in_function(node)))
+        elif isinstance(node, ast.ImportFrom) and (ROOT / node.module.replace(".", "/")).is_dir():
+            # "from package import module": each name is a module of its own
+            found += [(f"{node.module}.{a.name}", set(), in_function(node)) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.module, {a.name for a in node.names}, in_function(node)))
+        elif isinstance(node, ast.Import):
+            found += [(a.name, set(), in_function(node)) for a in node.names]
+    return [(m, n, f) for m, n, f in found if m == "relative import" or (
+        m.split(".")[0] == "bbits_ref" and not m.startswith("bbits_ref.torch_impl"))]
+
+
+def test_torch_impl_imports_only_constants_architectures_and_config():
+    """The port computes every formula itself (AST over bbits_ref/torch_impl/*.py).
+
+    The one exception is the weight transfer to_reference, which must build a reference model:
+    it imports bbits_ref.method.models inside the function, so no computing module loads it.
+    """
+    seen = set()
+    for path in sorted((ROOT / "bbits_ref" / "torch_impl").glob("*.py")):
+        for module, names, in_function in _project_imports(ast.parse(path.read_text())):
+            seen.add(module)
+            if (path.name, module, names, in_function) == (
+                    "state.py", "bbits_ref.method.models", {"build"}, True):
+                continue
+            assert module in SHARED_WITH_THE_REFERENCE, f"{path.name} imports {module}"
+            allowed = SHARED_WITH_THE_REFERENCE[module]
+            assert allowed is None or names <= allowed, f"{path.name}: {module} {names}"
+    assert seen == set(SHARED_WITH_THE_REFERENCE) | {"bbits_ref.method.models"}
+    assert _project_imports(ast.parse("from bbits_ref.method import quantizer")), \
+        "the check must see a forbidden import"
+
+
+def test_torch_impl_does_not_call_the_reference_formulas(monkeypatch):
+    """With the reference's formulas replaced by bombs, torch_impl gives the same numbers."""
+    ref, model, x, y, noise = _initialized_pair("lenet5", np.float64, seed=8)
+    rng = np.random.default_rng(8)
+    w = rng.uniform(-1.2, 1.2, (4, 7))
+    chain = {"chain": np.array([1.0, 1.0, 0.0, 0.0]), "z2": np.array([1.0, 0.0, 1.0])}
+
+    def run():
+        model.zero_grad()
+        logits = model(torch.tensor(x), noise=noise)
+        loss = (torch.nn.functional.cross_entropy(logits, torch.tensor(y))
+                + 0.1 * model.regularizer())
+        loss.backward()
+        out = {"logits": logits.detach().numpy(), "loss": loss.item()}
+        out.update({n: p.grad.numpy().copy() for n, p in model.named_parameters()})
+        wt, beta = torch.tensor(w, requires_grad=True), torch.tensor(0.9, dtype=torch.float64)
+        q = bb_quantize(wt, beta, None, 0.7, 0.4, signed=True)
+        q.sum().backward()
+        out.update(q=q.detach().numpy(), grad_w=wt.grad.numpy(),
+                   fixed=fixed_quantize(wt.detach(), beta, 4, signed=False).numpy(),
+                   steps=[s.item() for s in t_q.step_sizes(beta, True)],
+                   clip=[v.item() for v in t_q.clip_range(beta, False)],
+                   model_bops=model.relative_bops(),
+                   bops=t_bops.relative_bops("vgg7", 0.5, {"conv1.weight_quantizer": chain}))
+        model.eval()
+        out["eval_logits"] = model(torch.tensor(x)).detach().numpy()
+        model.train()
+        step = torch_adapter.lenet5_step(ref.state_dict(), x[:, :, :, :], y, noise, mu=0.1)
+        out["adapter_loss"] = step["loss"]
+        return out
+
+    before = run()
+    want = ref(x, noise=noise).data                # the comparison is with the reference itself
+    np.testing.assert_allclose(before["logits"], want, rtol=0, atol=1e-10)
+
+    def bomb(*args, **kwargs):
+        raise AssertionError("torch_impl called a formula of the reference")
+    for owner, name in [(ref_q, "clip_range"), (ref_q, "step_sizes"), (ref_q, "bb_quantize"),
+                        (ref_q, "gates_for_bits"), (ref_q, "init_range"),
+                        (ref_bops, "relative_bops"), (ref_bops, "deterministic_bits"),
+                        (ref_bops, "LayerCost"), (ref_bops, "lenet5_layer_macs"),
+                        (ref_bops, "vgg7_layer_macs"), (ref_bops, "conv_macs"),
+                        (ref_prior, "bop_regularizer"), (ref_prior, "independent_regularizer"),
+                        (ref_gates, "chain_gates"), (ref_gates.HardConcrete, "sample"),
+                        (ref_gates.HardConcrete, "prob_nonzero"),
+                        (ref_gates.HardConcrete, "deterministic")]:
+        monkeypatch.setattr(owner, name, bomb)
+    with pytest.raises(AssertionError, match="called a formula"):   # the bombs are armed
+        ref(x, noise=noise)
+    after = run()
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        np.testing.assert_array_equal(np.asarray(after[key]), np.asarray(value), err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clip_range_and_step_sizes_equal_the_reference_bit_for_bit(dtype):
+    rng = np.random.default_rng(21)
+    betas = np.concatenate([rng.uniform(1e-3, 10, 300), [1.0, 3.0, 0.1, 1e-30, 7e30]]).astype(dtype)
+    td = TORCH[dtype]
+    for beta in betas:
+        for signed in (True, False):
+            got = [v.item() for v in t_q.clip_range(torch.tensor(beta, dtype=td), signed)]
+            assert got == [float(v) for v in ref_q.clip_range(beta, signed)], (beta, signed)
+            got = [v.item() for v in t_q.step_sizes(torch.tensor(beta, dtype=td), signed)]
+            assert got == [float(v) for v in ref_q.step_sizes(beta, signed)], (beta, signed)
+            assert all(v.dtype == td for v in t_q.step_sizes(torch.tensor(beta, dtype=td), signed))
+    assert t_q.step_sizes(1.5, True)[0].item() == 1.0            # s2 = 2β/3
+    assert t_q.gates_for_bits(8) == (1.0, 1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="bits must be one of"):
+        t_q.gates_for_bits(6)
+
+
+def test_deterministic_bits_and_bops_errors():
+    chains = torch.tensor([[0, 0, 0, 0], [1, 0, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1.]])
+    assert t_bops.deterministic_bits(chains).tolist() == [2, 4, 8, 16, 32]
+    with pytest.raises(ValueError, match="exactly 0 or 1"):
+        t_bops.deterministic_bits([1, 0.5, 0, 0])
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        t_bops.deterministic_bits([1, 1, 1])
+    with pytest.raises(ValueError, match="exactly 0 or 1"):
+        t_bops.relative_bops("lenet5", 1.0, {"conv1.weight_quantizer": {
+            "chain": np.ones(4), "z2": np.full(32, 0.5)}})
+    with pytest.raises(TypeError, match="gates must be a dict"):
+        t_bops.relative_bops("lenet5", 1.0, [])
+    # pruning half of conv1's channels halves conv1's and conv2's BOPs (keep_out, keep_in)
+    half = {"conv1.weight_quantizer": {"chain": np.ones(4), "z2": np.repeat([1.0, 0.0], 16)}}
+    full = {"conv1.weight_quantizer": {"chain": np.ones(4), "z2": np.ones(32)}}
+    macs = dict(t_bops.layer_macs("lenet5"))
+    drop = (t_bops.relative_bops("lenet5", 1.0, full) - t_bops.relative_bops("lenet5", 1.0, half))
+    total = sum(macs.values()) * 32 * 32
+    assert drop == pytest.approx(100 * (macs["conv1"] * 32 * 8 + macs["conv2"] * 32 * 32) / 2
+                                 / total, rel=1e-12)
+
+
+def test_a_new_description_builds_the_same_network_in_torch():
+    """Any architecture description builds in both implementations, with the same numbers."""
+    hidden = dict(relu=True, act_quant=True, prune=True)
+    tiny = architectures.Architecture("tiny", (2, 9, 9), (
+        architectures.LayerSpec("conv1", "conv", 2, 4, kernel=3, stride=2, padding=1, **hidden),
+        architectures.LayerSpec("pool1", "pool", kernel=2, stride=2),
+        architectures.LayerSpec("flatten", "flatten"),
+        architectures.LayerSpec("fc1", "linear", 16, 6, bias=False, batch_norm=True, **hidden),
+        architectures.LayerSpec("fc2", "linear", 6, 3)), gate_preset="cifar10")
+    ref = ref_models.build(tiny, rng=3, dtype=np.float64)
+    x = np.random.default_rng(0).random((5, 2, 9, 9))
+    ref.initialize(x[:2], np.random.default_rng(1))
+    model = ti.from_reference(ref)
+    assert model.architecture == tiny and model.layer_macs() == ref.layer_macs()
+    fresh = ti.build(tiny, rng=3, dtype=torch.float64)            # same initial draws
+    np.testing.assert_array_equal(fresh.fc1.weight.detach().numpy(), ref.fc1.weight.data)
+    noise = ref.sample_noise(np.random.default_rng(2))
+    np.testing.assert_allclose(model(torch.tensor(x), noise=noise).detach().numpy(),
+                               ref(x, noise=noise).data, rtol=0, atol=1e-12)
+    assert model.regularizer().item() == pytest.approx(float(ref.regularizer().data), rel=1e-13)
+    with pytest.raises(ValueError, match="non-overlapping"):
+        ti.models.make_layer(architectures.LayerSpec("p", "pool", kernel=3, stride=2))
+
+
 def test_no_hard_coded_cuda():
     """Device agnostic: no .cuda() call and no "cuda" device string in the implementation."""
     for path in (ROOT / "bbits_ref" / "torch_impl").glob("*.py"):
@@ -192,7 +368,7 @@ def test_quantizer_float32_forward_is_bit_exact_and_sums_close(signed, clip):
 
 
 def test_quantizer_golden_vectors():
-    """Spec §11.4 (β = 1, z2 = 1)."""
+    """docs/method.md §11.4 golden vectors (β = 1, z2 = 1)."""
     x = np.array([-1.3, -0.5, -0.1, 0, 0.07, 0.26, 0.49, 1.2, 2.0])
     xt = torch.tensor(x, requires_grad=True)
     beta = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
@@ -426,7 +602,7 @@ def test_regularizer_hand_value_and_bad_input():
                                                                  (2, 32): 5.744}),
                                                 ("vgg7", 1.0, {(4, 4): 1.571, (2, 4): 0.786})])
 def test_relative_bops_uniform_table(model, width, want):
-    """Spec §5.1 table: uniform w/a configurations without pruning."""
+    """The §5.1 table: uniform w/a configurations without pruning."""
     layers = t_bops.layer_macs(model, width)
     for (w, a), percent in want.items():
         chain = {b: np.array([float(b >= k) for k in (4, 8, 16, 32)]) for b in (w, a)}

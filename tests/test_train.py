@@ -8,6 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from bbits_ref._errors import UsageError
+from bbits_ref.method.layers import BBConfig
+
 from bbits_ref.training import trainer as train_mod
 from bbits_ref.method.models import BBNet
 from bbits_ref.autograd.optim import Adam, linear_decay_last_third
@@ -22,7 +25,7 @@ QUANTIZERS = ["conv1.weight_quantizer", "conv1.act_quantizer", "conv2.weight_qua
 
 
 def tiny(**changes) -> TrainConfig:
-    return TrainConfig(**{**TINY, **changes})
+    return TrainConfig().replace(**{**TINY, **changes})
 
 
 def quiet(config, out_dir=None) -> Trainer:
@@ -74,16 +77,17 @@ def test_default_config_is_the_official_mnist_recipe():
     assert (c.lr_weights, c.lr_gates, c.lr_ranges) == (1e-3, 1e-3, 1e-3)
     assert (c.epochs, c.mu, c.batch_size) == (100, 0.1, 128)
     assert (c.lr_schedule, c.finetune_epochs, c.augment) == ("official", 0, None)
-    assert (c.gate, c.prior, c.reg_type, c.hard_cut, c.pruning) == (
+    m = c.method
+    assert (m.gate, m.prior, m.reg_type, m.hard_cut, m.pruning) == (
         "hard_concrete", "autoregressive", "bop", True, True)
     assert (c.dataset, c.model, c.dtype) == ("mnist-small", "lenet5", "float32")
-    np.testing.assert_array_equal(c.bb_config().chain_logits, [6.0, 6.0, -6.0, -6.0])
+    np.testing.assert_array_equal(c.method.chain_logits, [6.0, 6.0, -6.0, -6.0])
     model = build_model(c, rng=0)
     for _, q in model.quantizers():                      # the mnist preset: φ16 = φ32 = −6
         np.testing.assert_array_equal(q.gate_logits.data, np.float32([6, 6, -6, -6]))
         if q.prune_logits is not None:
             assert np.all(q.prune_logits.data == 6.0)
-    assert TrainConfig(dataset="cifar10", model="vgg7").bb_config().chain_logits.tolist() == [6] * 4
+    assert TrainConfig(dataset="cifar10", model="vgg7").method.chain_logits.tolist() == [6] * 4
 
 
 def test_optimizer_is_adam_with_three_groups(reference):
@@ -216,8 +220,11 @@ def test_history_records(reference):
 def test_summary_and_run_directory(reference):
     trainer, summary, out = reference
     assert sorted(p.name for p in out.iterdir()) == [
-        "checkpoint.npz", "config.json", "history.json", "summary.json"]
+        "checkpoint.npz", "config.json", "history.json", "run.json", "summary.json"]
     assert json.loads((out / "config.json").read_text()) == tiny().to_dict()
+    record = json.loads((out / "run.json").read_text())
+    assert (record["run_id"], record["lr_changes"]) == (trainer.run_id, [])
+    assert len(trainer.run_id) == 16
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
     assert (summary["epochs"], summary["steps"]) == (2, 4)
@@ -280,7 +287,7 @@ def test_nan_weight_raises_and_keeps_last_good_checkpoint(tmp_path):
     trainer = quiet(tiny(), tmp_path)
     trainer.fit(stop_after=1)
     files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    assert set(files) == {"checkpoint.npz", "config.json", "history.json"}
+    assert set(files) == {"checkpoint.npz", "config.json", "history.json", "run.json"}
     n_history = len(trainer.history)
     trainer.model.fc1.weight.data[0, 0] = np.nan
     ckpt = str(tmp_path / "checkpoint.npz")
@@ -293,13 +300,15 @@ def test_nan_weight_raises_and_keeps_last_good_checkpoint(tmp_path):
     assert np.isfinite(resumed.model.fc1.weight.data).all()
 
 
-def test_infinite_loss_before_any_checkpoint(tmp_path):
-    trainer = quiet(tiny(mu=float("inf")), tmp_path)
+def test_infinite_loss_before_any_checkpoint(tmp_path, monkeypatch):
+    trainer = quiet(tiny(), tmp_path)
+    reg = trainer.model.regularizer
+    monkeypatch.setattr(trainer.model, "regularizer", lambda: reg() * float("inf"))
     before = {n: p.data.copy() for n, p in trainer.model.named_parameters()}
     with pytest.raises(TrainingDiverged, match="loss became inf at step 1 .*no checkpoint has "
                                                "been written yet"):
         trainer.fit()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "run.json"]
     for n, p in trainer.model.named_parameters():
         np.testing.assert_array_equal(p.data, before[n])
 
@@ -320,6 +329,46 @@ def test_non_finite_gradient_stops_before_the_update(monkeypatch):
     for n, p in trainer.model.named_parameters():
         np.testing.assert_array_equal(p.data, before[n])
     assert trainer.step == 0
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda m: m.fc1.weight_quantizer.beta.data.fill(-0.5),
+     r"the range β of fc1.weight_quantizer fell to -0.5 \(it must stay > 0\) at step 1 "
+     r"\(epoch 1\); no checkpoint"),
+    (lambda m: m.conv2.bias.data.__setitem__(3, np.inf),
+     r"parameter conv2.bias became inf at step 1 \(epoch 1\)"),
+])
+def test_a_spoiled_parameter_after_the_update_is_divergence(monkeypatch, spoil, message):
+    """lr ≥ 0.01 overshoots a small β to ≤ 0: the divergence message, not a quantizer error."""
+    trainer = quiet(tiny())
+    step = trainer.optimizer.step
+
+    def spoiling_step():
+        step()
+        spoil(trainer.model)
+
+    monkeypatch.setattr(trainer.optimizer, "step", spoiling_step)
+    with pytest.raises(TrainingDiverged, match=message):
+        trainer.fit()
+
+
+def test_a_new_run_refuses_a_folder_with_another_runs_results(tmp_path, reference):
+    from bbits_ref._errors import RunDirError
+    out = reference[2]
+    with pytest.raises(RunDirError, match="already holds a run"):
+        quiet(tiny(), out).fit()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match=r"notes\.txt"):
+        quiet(tiny(epochs=1, train_limit=32), tmp_path).fit()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    # A run killed before its first checkpoint left only its settings: a new run may start.
+    unstarted = tmp_path / "unstarted"
+    unstarted.mkdir()
+    (unstarted / "config.json").write_text("{}")
+    (unstarted / "run.json").write_text("{}")
+    trainer = quiet(tiny(epochs=1, train_limit=32), unstarted)
+    trainer.fit()
+    assert json.loads((unstarted / "run.json").read_text())["run_id"] == trainer.run_id
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -365,23 +414,65 @@ def test_fixed_gate_finetuning(monkeypatch):
 
 @pytest.mark.parametrize("changes, message", [
     ({"dataset": "imagenet"}, "dataset must be one of"),
-    ({"model": "resnet18"}, "model must be 'lenet5' or 'vgg7'"),
+    ({"model": "resnet18"}, "model must be one of lenet5, vgg7; got 'resnet18'"),
     ({"epochs": 0}, "epochs must be at least 1"),
     ({"batch_size": 0}, "batch_size must be at least 1"),
-    ({"mu": -0.1}, "must be non-negative"),
+    ({"mu": -0.1}, "mu must be at least 0"),
+    ({"mu": float("nan")}, "mu must be a finite number"),
+    ({"lr_gates": float("inf")}, "lr_gates must be a finite number"),
+    ({"train_limit": 0}, "train_limit must be at least 1"),
+    ({"test_limit": -1}, "test_limit must be at least 1"),
+    ({"seed": -1}, "seed must be at least 0"),
+    ({"epochs": "100"}, "epochs must be a whole number"),
+    ({"download": "yes"}, "download must be true or false"),
+    ({"gate_options": {"straight_through": True}}, "hard_concrete gates take the options"),
+    ({"weight_bits": 3}, "weight_bits: bits must be one of"),
     ({"lr_schedule": "cosine"}, "lr_schedule must be"),
     ({"dtype": "float16"}, "dtype must be"),
     ({"prior": "uniform"}, "prior must be one of"),
 ])
 def test_bad_config_is_refused(changes, message):
-    with pytest.raises(ValueError, match=message):
-        TrainConfig(**changes)
+    with pytest.raises(UsageError, match=message):
+        TrainConfig().replace(**changes)
+    with pytest.raises(UsageError, match=message):        # the same checks for a config file
+        method = {k: v for k, v in changes.items() if k in BBConfig.__dataclass_fields__}
+        top = {k: v for k, v in changes.items() if k not in method}
+        d = TrainConfig().to_dict()
+        TrainConfig.from_dict({**d, **top, "method": {**d["method"], **method}})
+
+
+def test_legacy_flat_config_files_are_read():
+    """Run folders written by bbits_ref 0.1 (method settings flat in the config) still load."""
+    legacy = {"dataset": "mnist", "model": "lenet5", "epochs": 100, "mu": 0.1, "gate": "gumbel_softmax",
+              "gate_temperature": 0.5, "straight_through": True, "gate_preset": None, "hard_cut": True,
+              "prior": "independent", "reg_type": "bop", "pruning": True, "learn_bits": True,
+              "quantize": True, "weight_bits": None, "act_bits": None}
+    c = TrainConfig.from_dict(legacy)
+    assert c.method.gate_options == {"temperature": 0.5, "straight_through": True}
+    assert (c.method.gate, c.method.prior, c.method.chain_init) == ("gumbel_softmax", "independent",
+                                                                    "mnist")
+
+
+@pytest.mark.parametrize("bad", [[1, 2], "config", {"method": [1]}, {"method": {"gate": ["x"]}},
+                                 {"method": {"os": "system"}}, {"epochs": 1e300}])
+def test_config_files_with_wrong_types_are_one_clear_error(bad):
+    with pytest.raises(UsageError):
+        TrainConfig.from_dict(bad)
+
+
+def test_replace_routes_method_settings_and_follows_the_dataset():
+    c = TrainConfig().replace(mu=0.0, pruning=False)
+    assert (c.mu, c.method.pruning) == (0.0, False)
+    cifar = TrainConfig().replace(dataset="cifar10")
+    assert (cifar.model, cifar.epochs, cifar.method.chain_init) == ("vgg7", 100, "cifar10")
+    with pytest.raises(UsageError, match="unknown settings"):
+        TrainConfig().replace(learning_rate=1.0)
 
 
 def test_config_dict_round_trip_and_unknown_keys():
     c = tiny(mu=0.5, gate="gumbel_softmax", seed=3)
     assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
-    with pytest.raises(ValueError, match=r"unknown training settings: \['lr'\]"):
+    with pytest.raises(UsageError, match=r"unknown training settings: \['lr'\]"):
         TrainConfig.from_dict({**c.to_dict(), "lr": 0.1})
 
 

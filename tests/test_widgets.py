@@ -202,6 +202,23 @@ def test_gate_explorer_threshold_deterministic_gate_and_hard_cut():
     assert g.state["deterministic"] == float(ref.deterministic(np.float64(-2.0)))
 
 
+def test_gate_explorer_hard_cut_label_is_the_active_gates_own_cut():
+    """The label names the cut of the gate shown: −2 for hard concrete, about −0.4014 for
+    Gumbel-softmax (same on-probability).  It used to say "φ ≤ −2" for both."""
+    g = W.GateExplorer(kind="gumbel_softmax", logit=-1.0, plot=False)
+    assert g.state["hard_cut_logit"] == gates.GumbelSoftmax.hard_cut_logit
+    assert g.state["hard_cut_logit"] == pytest.approx(-0.401403, abs=1e-6)
+    assert g.state["hard_cut"] and "hard cut (φ ≤ -0.4014): yes" in g.output.value
+    assert "φ ≤ -2" not in g.output.value
+    g.controls["logit"].value = -0.35                     # above the Gumbel-softmax cut
+    assert not g.state["hard_cut"] and "hard cut (φ ≤ -0.4014): no" in g.output.value
+    g.controls["kind"].value = "hard_concrete"            # same φ, the official cut at −2
+    assert g.state["hard_cut_logit"] == gates.HARD_CUT_LOGIT
+    assert "hard cut (φ ≤ -2): no" in g.output.value
+    g.controls["logit"].value = -2.0
+    assert g.state["hard_cut"] and "hard cut (φ ≤ -2): yes" in g.output.value
+
+
 def test_gate_explorer_temperature_and_stretch_reach_the_gate():
     g = W.GateExplorer(logit=1.0, plot=False)
     g.controls["gamma"].value = -0.3

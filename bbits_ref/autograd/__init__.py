@@ -4,4 +4,8 @@ Reading order: :mod:`.engine` (``Tensor``, ``register``, the backward pass), :mo
 primitives, each with its forward and vector-Jacobian product), :mod:`.nn` (modules and layers),
 :mod:`.optim` (SGD, Adam), :mod:`.gradcheck` (finite-difference and random-projection checks).
 Nothing here knows about quantization.
+
+Importing this package registers the primitives of :mod:`.ops`, which ``Tensor``'s operators look
+up by name, so ``from bbits_ref.autograd.engine import Tensor`` alone gives working tensors.
 """
+from bbits_ref.autograd import ops  # noqa: F401  (fills engine.PRIMITIVES)

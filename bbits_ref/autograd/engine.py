@@ -5,6 +5,10 @@ a table of :class:`Primitive` s (forward function, one vector-Jacobian product p
 a one-line math docstring, side by side), an iterative topological sort for ``backward()``, and a
 single engine-level :func:`unbroadcast`.  The primitives themselves live in :mod:`bbits_ref.autograd.ops`.
 
+``Tensor``'s operators and methods (``x + y``, ``x.sum()``, ``x[i]`` ...) are declared in the class
+below; each one looks up its primitive in :data:`PRIMITIVES` by name when it is called, so this file
+does not import ``ops`` (importing :mod:`bbits_ref.autograd` fills the table).
+
 Notebook: ``notebooks/01_autograd_engine.ipynb``.
 
 Conventions
@@ -303,6 +307,151 @@ class Tensor:
     def zero_grad(self) -> None:
         self.grad = None
 
+    # -- operators: each delegates to the primitive of that name (see bbits_ref.autograd.ops)
+    def __add__(self, other) -> "Tensor":
+        """``self + other`` (primitive ``add``)."""
+        return _call("add", self, other)
+
+    def __radd__(self, other) -> "Tensor":
+        """``other + self`` (primitive ``add``)."""
+        return _call("add", other, self)
+
+    def __sub__(self, other) -> "Tensor":
+        """``self - other`` (primitive ``sub``)."""
+        return _call("sub", self, other)
+
+    def __rsub__(self, other) -> "Tensor":
+        """``other - self`` (primitive ``sub``)."""
+        return _call("sub", other, self)
+
+    def __mul__(self, other) -> "Tensor":
+        """``self * other`` (primitive ``mul``)."""
+        return _call("mul", self, other)
+
+    def __rmul__(self, other) -> "Tensor":
+        """``other * self`` (primitive ``mul``)."""
+        return _call("mul", other, self)
+
+    def __truediv__(self, other) -> "Tensor":
+        """``self / other`` (primitive ``div``)."""
+        return _call("div", self, other)
+
+    def __rtruediv__(self, other) -> "Tensor":
+        """``other / self`` (primitive ``div``)."""
+        return _call("div", other, self)
+
+    def __pow__(self, other) -> "Tensor":
+        """``self ** other`` (primitive ``power``)."""
+        return _call("power", self, other)
+
+    def __rpow__(self, other) -> "Tensor":
+        """``other ** self`` (primitive ``power``)."""
+        return _call("power", other, self)
+
+    def __matmul__(self, other) -> "Tensor":
+        """``self @ other`` (primitive ``matmul``)."""
+        return _call("matmul", self, other)
+
+    def __rmatmul__(self, other) -> "Tensor":
+        """``other @ self`` (primitive ``matmul``)."""
+        return _call("matmul", other, self)
+
+    def __neg__(self) -> "Tensor":
+        """``-self`` (primitive ``neg``)."""
+        return _call("neg", self)
+
+    def __abs__(self) -> "Tensor":
+        """``abs(self)`` (primitive ``absolute``)."""
+        return _call("absolute", self)
+
+    def __getitem__(self, index) -> "Tensor":
+        """``self[index]``, basic or integer-array indexing (primitive ``getitem``)."""
+        return _call("getitem", self, index=index.data if isinstance(index, Tensor) else index)
+
+    # comparisons are not differentiable: they give plain boolean arrays
+    def __lt__(self, other) -> np.ndarray:
+        """``self < other`` as a boolean ndarray."""
+        return self.data < _data(other)
+
+    def __le__(self, other) -> np.ndarray:
+        """``self <= other`` as a boolean ndarray."""
+        return self.data <= _data(other)
+
+    def __gt__(self, other) -> np.ndarray:
+        """``self > other`` as a boolean ndarray."""
+        return self.data > _data(other)
+
+    def __ge__(self, other) -> np.ndarray:
+        """``self >= other`` as a boolean ndarray."""
+        return self.data >= _data(other)
+
+    # -- elementwise functions
+    def exp(self) -> "Tensor":
+        """eˣ (primitive ``exp``)."""
+        return _call("exp", self)
+
+    def log(self) -> "Tensor":
+        """Natural logarithm (primitive ``log``)."""
+        return _call("log", self)
+
+    def abs(self) -> "Tensor":
+        """|x| (primitive ``absolute``)."""
+        return _call("absolute", self)
+
+    def sigmoid(self) -> "Tensor":
+        """1 / (1 + e⁻ˣ), stable for any x (primitive ``sigmoid``)."""
+        return _call("sigmoid", self)
+
+    def log_sigmoid(self) -> "Tensor":
+        """log σ(x), stable for any x (primitive ``log_sigmoid``)."""
+        return _call("log_sigmoid", self)
+
+    def softplus(self) -> "Tensor":
+        """log(1 + eˣ), stable for any x (primitive ``softplus``)."""
+        return _call("softplus", self)
+
+    def round_ste(self) -> "Tensor":
+        """Round half to even with a straight-through gradient (primitive ``round_ste``)."""
+        return _call("round_ste", self)
+
+    def relu(self) -> "Tensor":
+        """max(x, 0) with relu'(0) = 0 as in PyTorch (primitive ``maximum``)."""
+        return _call("maximum", self, 0.0)
+
+    def clip(self, lo=None, hi=None) -> "Tensor":
+        """min(max(x, lo), hi); either bound may be None (primitive ``clip``)."""
+        return _call("clip", self, lo=lo, hi=hi)
+
+    # -- reductions
+    def sum(self, axis=None, keepdims: bool = False) -> "Tensor":
+        """Sum over ``axis`` (all axes by default) (primitive ``reduce_sum``)."""
+        return _call("reduce_sum", self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims: bool = False) -> "Tensor":
+        """Mean over ``axis`` (all axes by default) (primitive ``mean``)."""
+        return _call("mean", self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis=None, keepdims: bool = False) -> "Tensor":
+        """Maximum over ``axis``; tied maxima share the gradient (primitive ``reduce_max``)."""
+        return _call("reduce_max", self, axis=axis, keepdims=keepdims)
+
+    # -- shapes
+    def reshape(self, *shape) -> "Tensor":
+        """``x.reshape(2, 3)`` or ``x.reshape((2, 3))`` (primitive ``reshape``)."""
+        return _call("reshape", self, shape=_dims(shape))
+
+    def transpose(self, *axes) -> "Tensor":
+        """Reverse the axes, or permute them as given (primitive ``transpose``)."""
+        return _call("transpose", self, axes=_dims(axes) or None)
+
+    def broadcast_to(self, shape) -> "Tensor":
+        """Broadcast to ``shape``; the gradient is summed back (primitive ``broadcast_to``)."""
+        return _call("broadcast_to", self, shape=tuple(shape))
+
+    def flatten(self, start_dim: int = 1) -> "Tensor":
+        """Merge the axes from ``start_dim`` on into one (primitive ``reshape``)."""
+        return _call("reshape", self, shape=self.shape[:start_dim] + (-1,))
+
     # -- backward
     def backward(self, grad=None) -> None:
         """Accumulate d(self)/d(leaf) · grad into every leaf's ``.grad``.
@@ -347,6 +496,26 @@ class Tensor:
                     gi = gi.astype(x.dtype)
                 prev = grads.get(id(x))
                 grads[id(x)] = gi if prev is None else prev + gi
+
+
+def _call(name: str, *args, **static) -> Tensor:
+    """Apply the registered primitive ``name``: how Tensor's operators reach :mod:`.ops`."""
+    prim = PRIMITIVES.get(name)
+    if prim is None:
+        raise RuntimeError(f"primitive {name!r} is not registered, so this Tensor operation has no "
+                           "rule; import bbits_ref.autograd (which registers every primitive) "
+                           "before using tensors")
+    return apply(prim, *args, **static)
+
+
+def _data(x):
+    """The array behind a Tensor, or ``x`` itself."""
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _dims(args: tuple) -> tuple:
+    """``f(2, 3)`` and ``f((2, 3))`` both give ``(2, 3)``: a shape or axes given either way."""
+    return tuple(args[0]) if len(args) == 1 and not np.isscalar(args[0]) else tuple(args)
 
 
 def _toposort(root: Tensor) -> list:

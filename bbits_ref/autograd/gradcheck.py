@@ -25,11 +25,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from bbits_ref.autograd import ops  # noqa: F401  (registers the primitives)
-from bbits_ref.autograd.gradcheck_cases import CASE_SHAPES, Case, make_case, register_case
+from bbits_ref.autograd.gradcheck_cases import CASE_SHAPES, GradCase, make_case, register_case
 from bbits_ref.autograd.engine import PRIMITIVES, Tensor, frozen_rounding
 
 __all__ = ["GradCheckResult", "check_grads", "make_case", "register_case", "check_primitive",
-           "Case", "CASE_SHAPES", "main"]
+           "GradCase", "CASE_SHAPES", "main"]
 
 
 @dataclass
@@ -149,14 +149,18 @@ def check_primitive(name: str, seed: int = 0, shapes=CASE_SHAPES, method: str = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Check every registered primitive; one line each; exit status 1 on any failure."""
+    """Check every registered primitive; one line each; exit status 1 on any failure.
+
+    "Every" includes primitives registered outside this package (the quantizer's
+    ``bb_quantize``): importing any ``bbits_ref`` module first runs ``bbits_ref/__init__.py``,
+    which imports them all, so this lower layer never has to import a higher one.
+    """
     parser = argparse.ArgumentParser(prog="python -m bbits_ref.autograd.gradcheck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", choices=("fd", "projection"), default="fd")
     parser.add_argument("names", nargs="*", help="primitives to check (default: all)")
     args = parser.parse_args(argv)
-    import bbits_ref  # noqa: F401  (registers every primitive, including the quantizer's)
     names = args.names or sorted(PRIMITIVES)
     unknown = [n for n in names if n not in PRIMITIVES]
     if unknown:

@@ -11,19 +11,20 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["Case", "make_case", "register_case", "CASE_SHAPES"]
+__all__ = ["GradCase", "make_case", "register_case", "CASE_SHAPES"]
 
 
 @dataclass
-class Case:
-    """Inputs for one primitive: positional arrays, static keywords, differentiable argnums."""
+class GradCase:
+    """Gradient-check inputs for one primitive: positional arrays, static keywords, and the
+    indices of the differentiable arguments (``argnums``)."""
 
     args: tuple
     static: dict
     argnums: tuple
 
 
-def _bshape(rng, shape, broadcast):
+def _broadcastable_shape(rng, shape, broadcast):
     """A shape that broadcasts against ``shape``: some axes set to 1, maybe fewer leading axes."""
     if not broadcast or not shape:
         return tuple(shape)
@@ -38,53 +39,55 @@ def _away(rng, shape, lo=0.2, hi=2.0):
 
 
 def make_case(name: str, rng: np.random.Generator, shape: tuple = (2, 3),
-              broadcast: bool = False) -> Case:
+              broadcast: bool = False) -> GradCase:
     """Valid float64 inputs for primitive ``name`` built around ``shape``.
 
-    Inputs stay away from kinks, poles and ties (|x| ≥ 0.2 for ``abs``, positive bases for
-    ``log`` and ``pow``, distinct values for ``max``), so finite differences are meaningful.
+    Inputs stay away from kinks, poles and ties (|x| ≥ 0.2 for ``absolute``, positive bases for
+    ``log`` and ``power``, distinct values for ``reduce_max``), so finite differences are
+    meaningful.
     Spatial primitives (conv2d, pools) and losses choose their own small shapes.
     """
     shape = tuple(int(d) for d in shape) or (3,)
     normal = lambda s: rng.standard_normal(s)  # noqa: E731
-    y_shape = _bshape(rng, shape, broadcast)
-    ew2 = lambda x, y: Case((x, y), {}, (0, 1))  # noqa: E731
+    y_shape = _broadcastable_shape(rng, shape, broadcast)
+    ew2 = lambda x, y: GradCase((x, y), {}, (0, 1))  # noqa: E731
     if name in ("add", "sub", "mul"):
         return ew2(normal(shape), normal(y_shape))
     if name == "div":
         return ew2(normal(shape), _away(rng, y_shape, 0.5))
-    if name == "pow":
+    if name == "power":
         return ew2(rng.uniform(0.5, 2.0, shape), rng.uniform(-2, 2, y_shape))
     if name in ("neg", "exp", "sigmoid", "log_sigmoid", "softplus", "round_ste"):
-        return Case((3 * normal(shape),), {}, (0,))
+        return GradCase((3 * normal(shape),), {}, (0,))
     if name == "log":
-        return Case((rng.uniform(0.3, 3.0, shape),), {}, (0,))
-    if name == "abs":
-        return Case((_away(rng, shape),), {}, (0,))
+        return GradCase((rng.uniform(0.3, 3.0, shape),), {}, (0,))
+    if name == "absolute":
+        return GradCase((_away(rng, shape),), {}, (0,))
     if name == "maximum":
         y = normal(y_shape)
         return ew2(np.broadcast_to(y, shape) + _away(rng, shape), y)
     if name == "where":
-        return Case((rng.random(y_shape) < 0.5, normal(shape), normal(_bshape(rng, shape, broadcast))),
-                    {}, (1, 2))
+        return GradCase((rng.random(y_shape) < 0.5, normal(shape),
+                         normal(_broadcastable_shape(rng, shape, broadcast))),
+                        {}, (1, 2))
     if name == "clip":
         x = _away(rng, shape, 0.05, 1.5) + 0.5 * rng.choice([-1.0, 1.0], shape)
-        return Case((x,), {"lo": -0.5, "hi": 0.5}, (0,))
-    if name in ("sum", "mean", "max"):
+        return GradCase((x,), {"lo": -0.5, "hi": 0.5}, (0,))
+    if name in ("reduce_sum", "mean", "reduce_max"):
         axis = None if rng.random() < 0.3 else int(rng.integers(-len(shape), len(shape)))
-        return Case((normal(shape),), {"axis": axis, "keepdims": bool(rng.random() < 0.5)}, (0,))
+        return GradCase((normal(shape),), {"axis": axis, "keepdims": bool(rng.random() < 0.5)}, (0,))
     if name == "reshape":
-        return Case((normal(shape),), {"shape": (-1,) + (1,) * int(rng.integers(0, 2))}, (0,))
+        return GradCase((normal(shape),), {"shape": (-1,) + (1,) * int(rng.integers(0, 2))}, (0,))
     if name == "transpose":
-        return Case((normal(shape),), {"axes": tuple(rng.permutation(len(shape)).tolist())}, (0,))
+        return GradCase((normal(shape),), {"axes": tuple(rng.permutation(len(shape)).tolist())}, (0,))
     if name == "broadcast_to":
-        return Case((normal(_bshape(rng, shape, True)),), {"shape": shape}, (0,))
+        return GradCase((normal(_broadcastable_shape(rng, shape, True)),), {"shape": shape}, (0,))
     if name == "getitem":
         if rng.random() < 0.5:
             index = (slice(None, None, 2),) + (slice(1, None),) * (len(shape) > 1)
         else:
             index = (rng.integers(0, shape[0], size=4),)     # repeats accumulate
-        return Case((normal(shape),), {"index": index}, (0,))
+        return GradCase((normal(shape),), {"index": index}, (0,))
     if name in ("concatenate", "stack"):
         k = int(rng.integers(2, 4))
         axis = int(rng.integers(0, len(shape) + (name == "stack")))
@@ -93,31 +96,33 @@ def make_case(name: str, rng: np.random.Generator, shape: tuple = (2, 3),
                        for _ in range(k))
         else:
             xs = tuple(normal(shape) for _ in range(k))
-        return Case(xs, {"axis": axis}, tuple(range(k)))
+        return GradCase(xs, {"axis": axis}, tuple(range(k)))
     if name == "matmul":
         n, k, m = (int(rng.integers(1, 5)) for _ in range(3))
         kind = rng.integers(0, 4)
         batch = tuple(shape[:-2])
-        a_shape = {0: batch + (n, k), 1: (k,), 2: batch + (n, k), 3: _bshape(rng, batch, broadcast) + (n, k)}[kind]
-        b_shape = {0: _bshape(rng, batch, broadcast) + (k, m), 1: batch + (k, m), 2: (k,), 3: batch + (k, m)}[kind]
+        a_shape = {0: batch + (n, k), 1: (k,), 2: batch + (n, k),
+                   3: _broadcastable_shape(rng, batch, broadcast) + (n, k)}[kind]
+        b_shape = {0: _broadcastable_shape(rng, batch, broadcast) + (k, m), 1: batch + (k, m),
+                   2: (k,), 3: batch + (k, m)}[kind]
         return ew2(normal(a_shape), normal(b_shape))
     if name == "conv2d":
         n, c, o = (int(rng.integers(1, 4)) for _ in range(3))
         kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
         h, w = int(rng.integers(kh, 8)), int(rng.integers(kw, 8))
         static = {"stride": int(rng.integers(1, 3)), "padding": int(rng.integers(0, 2))}
-        return Case((normal((n, c, h, w)), normal((o, c, kh, kw))), static, (0, 1))
+        return GradCase((normal((n, c, h, w)), normal((o, c, kh, kw))), static, (0, 1))
     if name in ("max_pool2d", "avg_pool2d"):
         k = int(rng.integers(1, 4))
         stride = int(rng.integers(1, k + 1))
         h, w = int(rng.integers(k, 8)), int(rng.integers(k, 8))
         x = normal((int(rng.integers(1, 3)), int(rng.integers(1, 3)), h, w))
-        return Case((x,), {"kernel_size": k, "stride": stride}, (0,))
+        return GradCase((x,), {"kernel_size": k, "stride": stride}, (0,))
     if name == "log_softmax":
-        return Case((2 * normal(shape),), {"axis": int(rng.integers(-len(shape), len(shape)))}, (0,))
+        return GradCase((2 * normal(shape),), {"axis": int(rng.integers(-len(shape), len(shape)))}, (0,))
     if name == "cross_entropy":
         n, k = int(rng.integers(1, 6)), int(rng.integers(2, 6))
-        return Case((2 * normal((n, k)), rng.integers(0, k, size=n)), {}, (0,))
+        return GradCase((2 * normal((n, k)), rng.integers(0, k, size=n)), {}, (0,))
     extra = _EXTRA_CASES.get(name)
     if extra is not None:
         return extra(rng, shape, broadcast)
@@ -125,10 +130,10 @@ def make_case(name: str, rng: np.random.Generator, shape: tuple = (2, 3),
 
 
 # Primitives registered by other modules (e.g. the Bayesian Bits quantizer) add their case here.
-_EXTRA_CASES: dict[str, Callable[[np.random.Generator, tuple, bool], Case]] = {}
+_EXTRA_CASES: dict[str, Callable[[np.random.Generator, tuple, bool], GradCase]] = {}
 
 
-def register_case(name: str, maker: Callable[[np.random.Generator, tuple, bool], Case]) -> None:
+def register_case(name: str, maker: Callable[[np.random.Generator, tuple, bool], GradCase]) -> None:
     """Give a primitive defined outside :mod:`bbits_ref.autograd.ops` its gradient-check inputs."""
     _EXTRA_CASES[name] = maker
 

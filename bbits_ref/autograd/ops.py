@@ -5,6 +5,11 @@ Each primitive is registered once with :func:`bbits_ref.autograd.engine.register
 Composite operations (``relu``, ``linear``, ``softmax`` ...) are written in terms of primitives
 at the bottom of this file and need no gradient rule of their own.
 
+Each primitive is bound here to the name it is registered under (``ops.mul is PRIMITIVES["mul"]``).
+Names that would hide a Python builtin take NumPy's or a descriptive name instead: ``power``,
+``absolute``, ``reduce_sum``, ``reduce_max``.  :class:`~bbits_ref.autograd.engine.Tensor`'s
+operators and methods (``x ** y``, ``abs(x)``, ``x.sum()``, ``x.max()`` ...) call these by name.
+
 Notation in the docstrings: ``g`` is the incoming gradient (same shape as the output ``z``); the
 engine unbroadcasts every returned gradient, so rules may return the broadcast shape.
 """
@@ -13,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from bbits_ref.autograd.engine import Tensor, register, ste_round
+from bbits_ref.autograd.engine import Tensor, as_tensor, register, ste_round
 
 # --------------------------------------------------------------------------- elementwise
 
@@ -31,16 +36,17 @@ div = register("div", "z = x / y;  x̄ = g / y, ȳ = −g·z / y", np.divide,
 neg = register("neg", "z = −x;  x̄ = −g", np.negative, lambda g, z, s, x: -g)
 
 
-def _pow_dy(g, z, s, x, y):
+def _power_dy(g, z, s, x, y):
     with np.errstate(divide="ignore", invalid="ignore"):
         return g * z * np.where(x > 0, np.log(np.where(x > 0, x, 1)), 0.0)
 
 
-pow = register("pow", "z = x^y;  x̄ = g·y·x^(y−1), ȳ = g·z·log x (x > 0)", np.power,
-               lambda g, z, s, x, y: g * y * np.power(x, y - 1), _pow_dy)
+power = register("power", "z = x^y;  x̄ = g·y·x^(y−1), ȳ = g·z·log x (x > 0)", np.power,
+                 lambda g, z, s, x, y: g * y * np.power(x, y - 1), _power_dy)
 exp = register("exp", "z = eˣ;  x̄ = g·z", np.exp, lambda g, z, s, x: g * z)
 log = register("log", "z = log x;  x̄ = g / x", np.log, lambda g, z, s, x: g / x)
-abs = register("abs", "z = |x|;  x̄ = g·sign(x)", np.abs, lambda g, z, s, x: g * np.sign(x))
+absolute = register("absolute", "z = |x|;  x̄ = g·sign(x)", np.abs,
+                    lambda g, z, s, x: g * np.sign(x))
 maximum = register(
     "maximum", "z = max(x, y);  x̄ = g·[x > y], ȳ = g·[x ≤ y] (ties go to y, so relu'(0) = 0)",
     np.maximum, lambda g, z, s, x, y: g * (x > y), lambda g, z, s, x, y: g * (x <= y))
@@ -106,25 +112,27 @@ def _count(x, axis):
     return int(np.prod([x.shape[a] for a in axes]))
 
 
-sum = register("sum", "z = Σ_axis x;  x̄ = broadcast(g)",
-               lambda x, *, axis=None, keepdims=False: np.sum(x, axis=axis, keepdims=keepdims),
-               lambda g, z, s, x, *, axis=None, keepdims=False:
-               np.broadcast_to(_expand(g, x, axis, keepdims), x.shape))
+reduce_sum = register(
+    "reduce_sum", "z = Σ_axis x;  x̄ = broadcast(g)",
+    lambda x, *, axis=None, keepdims=False: np.sum(x, axis=axis, keepdims=keepdims),
+    lambda g, z, s, x, *, axis=None, keepdims=False:
+    np.broadcast_to(_expand(g, x, axis, keepdims), x.shape))
 mean = register("mean", "z = mean_axis x;  x̄ = broadcast(g) / n",
                 lambda x, *, axis=None, keepdims=False: np.mean(x, axis=axis, keepdims=keepdims),
                 lambda g, z, s, x, *, axis=None, keepdims=False:
                 np.broadcast_to(_expand(g, x, axis, keepdims) / _count(x, axis), x.shape))
 
 
-def _max_vjp(g, z, s, x, *, axis=None, keepdims=False):
+def _reduce_max_vjp(g, z, s, x, *, axis=None, keepdims=False):
     zz = _expand(z, x, axis, keepdims)
     hit = x == zz
     return _expand(g, x, axis, keepdims) * hit / hit.sum(axis=axis, keepdims=True)
 
 
-max = register("max", "z = max_axis x;  x̄ = g shared equally by the maxima",
-               lambda x, *, axis=None, keepdims=False: np.max(x, axis=axis, keepdims=keepdims),
-               _max_vjp)
+reduce_max = register(
+    "reduce_max", "z = max_axis x;  x̄ = g shared equally by the maxima",
+    lambda x, *, axis=None, keepdims=False: np.max(x, axis=axis, keepdims=keepdims),
+    _reduce_max_vjp)
 
 # --------------------------------------------------------------------------- shapes
 
@@ -425,60 +433,25 @@ def linear(x, weight, bias=None):
 
 
 def softmax(x, axis=-1):
+    """e^(log_softmax(x)) along ``axis``."""
     return exp(log_softmax(x, axis=axis))
 
 
 def square(x):
+    """x·x."""
     return mul(x, x)
 
 
 def sqrt(x):
-    return pow(x, 0.5)
+    """√x as x^0.5."""
+    return power(x, 0.5)
 
 
 def minimum(x, y):
+    """min(x, y) = −max(−x, −y)."""
     return neg(maximum(neg(x), neg(y)))
 
 
 def flatten(x, start_dim=1):
-    x = x if isinstance(x, Tensor) else Tensor(x)
-    return reshape(x, shape=x.shape[:start_dim] + (-1,))
-
-
-# --------------------------------------------------------------------------- Tensor methods
-
-def _rev(prim):
-    return lambda self, other: prim(other, self)
-
-
-def _install_methods() -> None:
-    T = Tensor
-    T.__add__, T.__radd__ = lambda a, b: add(a, b), _rev(add)
-    T.__sub__, T.__rsub__ = lambda a, b: sub(a, b), _rev(sub)
-    T.__mul__, T.__rmul__ = lambda a, b: mul(a, b), _rev(mul)
-    T.__truediv__, T.__rtruediv__ = lambda a, b: div(a, b), _rev(div)
-    T.__pow__, T.__rpow__ = lambda a, b: pow(a, b), _rev(pow)
-    T.__matmul__, T.__rmatmul__ = lambda a, b: matmul(a, b), _rev(matmul)
-    T.__neg__ = lambda a: neg(a)
-    T.__abs__ = lambda a: abs(a)
-    T.__getitem__ = lambda a, index: getitem(
-        a, index=index.data if isinstance(index, Tensor) else index)
-    for name in ("__lt__", "__le__", "__gt__", "__ge__"):   # comparisons give plain arrays
-        op = getattr(np.ndarray, name)
-        setattr(T, name, (lambda op: lambda a, b: op(a.data, b.data if isinstance(b, T) else b))(op))
-    for prim in (exp, log, abs, sigmoid, log_sigmoid, softplus, round_ste):
-        setattr(T, prim.name, (lambda p: lambda a: p(a))(prim))
-    T.relu = relu
-    T.sum = lambda a, axis=None, keepdims=False: sum(a, axis=axis, keepdims=keepdims)
-    T.mean = lambda a, axis=None, keepdims=False: mean(a, axis=axis, keepdims=keepdims)
-    T.max = lambda a, axis=None, keepdims=False: max(a, axis=axis, keepdims=keepdims)
-    T.clip = lambda a, lo=None, hi=None: clip(a, lo=lo, hi=hi)
-    T.reshape = lambda a, *shape: reshape(
-        a, shape=tuple(shape[0]) if len(shape) == 1 and not np.isscalar(shape[0]) else shape)
-    T.transpose = lambda a, *axes: transpose(
-        a, axes=(tuple(axes[0]) if len(axes) == 1 and not np.isscalar(axes[0]) else axes) or None)
-    T.broadcast_to = lambda a, shape: broadcast_to(a, shape=tuple(shape))
-    T.flatten = flatten
-
-
-_install_methods()
+    """Merge the axes from ``start_dim`` on into one."""
+    return as_tensor(x).flatten(start_dim)

@@ -1,8 +1,8 @@
-"""Optimizers (SGD, Adam) and the weights' learning-rate schedule (spec §7.3).
+"""Optimizers (SGD, Adam) and the weights' learning-rate schedule (docs/method.md §7.3).
 
 Modelled on ``torch.optim`` so that a run here and a PyTorch run can be compared step by step:
 
-* parameters come in *groups* (spec §7.3 trains weights, gate logits and ranges with separate
+* parameters come in *groups* (§7.3 trains weights, gate logits and ranges with separate
   learning rates and only the weights follow the schedule); each group is a dict with
   ``"params"`` and its own options, and records ``"initial_lr"``;
 * ``step()`` changes ``p.data`` in place, outside the autograd graph, and skips parameters whose
@@ -125,7 +125,7 @@ class Optimizer:
         """Reset the gradients before the next backward pass.
 
         By default existing gradients are filled with zeros in place, as in PyTorch 1.x (the
-        official code, spec §9): a parameter that once had a gradient keeps being stepped (Adam
+        official code, §9): a parameter that once had a gradient keeps being stepped (Adam
         then still moves it with its momentum).  ``set_to_none=True`` is PyTorch ≥ 2.0's default:
         parameters that miss the next backward pass are skipped by :meth:`step`.
         """
@@ -294,7 +294,7 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba), with PyTorch's order of operations (spec §7.3: lr 1e-3, wd 0).
+    """Adam (Kingma & Ba), with PyTorch's order of operations (§7.3: lr 1e-3, wd 0).
 
     g ← g + wd·p;  m ← β₁·m + (1−β₁)·g;  v ← β₂·v + (1−β₂)·g·g;  t ← t + 1;
     denom = √v / √(1−β₂ᵗ) + eps;  p ← p − (lr / (1−β₁ᵗ))·m / denom.
@@ -337,7 +337,7 @@ class Adam(Optimizer):
 
 
 def linear_decay_last_third(epochs: int) -> Callable[[int], float]:
-    """The weights' learning-rate factor of the official recipe (spec §7.3, checked in §11.6).
+    """The weights' learning-rate factor of the official recipe (§7.3, checked in §11.6).
 
     With E = ``epochs`` and e = the number of *finished* epochs (PyTorch's ``LambdaLR`` stepped
     once per epoch)::

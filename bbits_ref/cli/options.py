@@ -17,6 +17,7 @@ from bbits_ref._errors import UsageError
 from bbits_ref.method.gates import gate_option_names
 from bbits_ref.method.layers import BBConfig
 from bbits_ref.training.config import DATASET_GATE_PRESET, PRESETS, TrainConfig
+from bbits_ref.training.experiments import ablation_changes, bits_pair
 
 __all__ = ["add_train_options", "config_from_args", "preset_name", "SHORTCUTS", "field_flag"]
 
@@ -141,8 +142,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for kind in chosen:
         flag = "--" + kind.replace("_", "-")
         value = getattr(args, kind)
-        bits = _bits_pair(value, flag) if isinstance(value, str) else None
-        changes.update(_ablation(kind.replace("_", "-"), bits))
+        bits = bits_pair(value, flag) if isinstance(value, str) else None
+        changes.update(ablation_changes(kind.replace("_", "-"), bits))
     try:
         return TrainConfig(dataset=dataset).replace(**{k: v for k, v in changes.items()
                                                        if k != "dataset"})
@@ -159,24 +160,3 @@ def _with_flag(message: str) -> str:
                 return f"{field_flag(f)}: {message}"
     return message
 
-
-# TODO(lead): these two move to bbits_ref.training.experiments (the sweep engineer's module).
-def _bits_pair(text: str, flag: str) -> tuple[int, int]:
-    try:
-        w, a = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise UsageError(f"{flag} takes W/A bit widths such as 8/8; got {text!r}") from None
-    return w, a
-
-
-def _ablation(kind: str, bits: tuple[int, int] | None = None) -> dict:
-    if kind == "quant-only":
-        return {"pruning": False}
-    if kind == "full-precision":
-        return {"quantize": False, "mu": 0.0}
-    w, a = bits
-    if kind == "prune-only":
-        return {"learn_bits": False, "weight_bits": w, "act_bits": a}
-    if kind == "fixed-bits":
-        return {"learn_bits": False, "pruning": False, "weight_bits": w, "act_bits": a, "mu": 0.0}
-    raise ValueError(f"unknown ablation {kind!r}")

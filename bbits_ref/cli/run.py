@@ -1,23 +1,44 @@
-"""``bbits-ref train``, ``figures``, ``info``, ``readout`` and ``gradcheck``."""
+"""``bbits-ref train``, ``figures``, ``info``, ``readout`` and ``gradcheck``.
+
+Errors a user can fix are raised as :mod:`bbits_ref._errors` classes; ``bbits_ref.cli.main``
+prints them as one line and exits with their code.  Files read here (run folders, checkpoints,
+histories, sweep tables) are untrusted.
+"""
 from __future__ import annotations
 
-import json
-import shutil
+import math
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from bbits_ref._errors import DataFileError, RunDirError, UsageError
 from bbits_ref.cli.options import config_from_args, preset_name
 
 __all__ = ["cmd_train", "cmd_figures", "cmd_info", "cmd_readout", "cmd_gradcheck", "render_run"]
+
+#: The widest VGG-7 ``readout`` builds (8: 1,024 to 4,096 channels); wider ones would not fit in
+#: memory, and the readout needs every weight.
+MAX_READOUT_WIDTH = 8.0
+#: ``train`` options that never change a run's settings.
+_NOT_SETTINGS = {"resume", "no_progress", "func", "command", "debug", "change_lr"}
+#: ``train`` options that set learning rates (allowed with --resume --change-lr).
+_LR_OPTIONS = {"lr": None, "lr_weights": "lr_weights", "lr_gates": "lr_gates",
+               "lr_ranges": "lr_ranges"}
 
 
 def _default_out(config) -> Path:
     return Path("runs") / f"{config.model}-{config.dataset}-mu{config.mu:g}-seed{config.seed}"
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def cmd_train(args) -> int:
     from bbits_ref._runtime import blas_override_note, keep_freed_memory
+    from bbits_ref.training import runs
     from bbits_ref.training.trainer import Trainer
 
     keep_freed_memory()
@@ -26,30 +47,27 @@ def cmd_train(args) -> int:
         print(note, file=sys.stderr)
 
     if args.resume:
-        from bbits_ref.training.checkpoints import CheckpointError
-        defaults = _parser().parse_args(["train"])
-        changed = sorted(k for k, v in vars(args).items()
-                         if k not in ("resume", "no_progress", "func", "command")
-                         and getattr(defaults, k, v) != v)
-        if changed:
-            raise SystemExit("bbits-ref train --resume continues a run with the settings saved in "
-                             "its checkpoint; drop " + ", ".join("--" + k.replace("_", "-")
-                                                                 for k in changed))
-        try:
-            trainer = Trainer.resume(args.resume, progress=not args.no_progress)
-        except CheckpointError as exc:
-            raise SystemExit(f"bbits-ref train --resume: {exc}")
-        out = trainer.out_dir               # the run directory, also for a checkpoint file path
+        trainer = _resume(args)
+        out = trainer.out_dir
         print(f"resuming {out} at epoch {trainer.epoch}/{trainer.total_epochs}")
+        for change in trainer.lr_changes:
+            if (change.get("epoch"), change.get("step")) == (trainer.epoch, trainer.step):
+                print(f"learning rates from epoch {trainer.epoch + 1} on: {change.get('new')} "
+                      f"(were {change.get('old')}); recorded in {out}/run.json")
     else:
+        if args.change_lr:
+            raise UsageError("--change-lr changes the learning rates of a run being resumed; "
+                             "use it with --resume RUN_DIR (a new run takes --lr as it is)")
         config = config_from_args(args)
         out = Path(args.out) if args.out else _default_out(config)
-        if (out / "checkpoint.npz").exists() and not args.force:
-            raise SystemExit(f"{out} already holds a run: pass --resume {out} to continue it, "
-                             "--force to start it again, or --out for another directory")
-        if args.force and out.exists():
-            shutil.rmtree(out)
+        runs.check_new_run(out, force=args.force)       # early: nothing loaded or changed yet
+        # Build the trainer (settings checked, data loaded) before clearing anything: a run that
+        # cannot start leaves the folder as it was.
         trainer = Trainer(config, out_dir=out, progress=not args.no_progress)
+        if args.force:
+            removed = runs.clear_run(out)
+            if removed:
+                print(f"--force: removed the previous run's {len(removed)} file(s) from {out}")
         preset = preset_name(args)
         print(f"training {config.model} on {config.dataset} ({len(trainer.x_train)} training / "
               f"{len(trainer.x_test)} test images) for {trainer.total_epochs} epochs, "
@@ -64,8 +82,45 @@ def cmd_train(args) -> int:
     print(f"\ntest accuracy {summary['test_accuracy']:.4f} at {summary['relative_bops']:.4f}% "
           f"relative BOPs after {summary['epochs']} epochs ({time.time() - t0:.0f} s)")
     render_run(out, trainer.history)
-    print(f"wrote {out}/config.json, history.json, summary.json, checkpoint.npz, figures/")
+    print(f"wrote {out}/config.json, run.json, history.json, summary.json, checkpoint.npz, "
+          "figures/")
     return 0
+
+
+def _resume(args):
+    """The Trainer of ``--resume``: the run's own settings, learning rates only by request."""
+    from bbits_ref.training.runs import LR_KEYS
+    from bbits_ref.training.trainer import Trainer
+
+    defaults = vars(_parser().parse_args(["train"]))
+    changed = sorted(k for k, v in vars(args).items()
+                     if k not in _NOT_SETTINGS and defaults.get(k, v) != v)
+    others = [k for k in changed if k not in _LR_OPTIONS]
+    lr_given = [k for k in changed if k in _LR_OPTIONS]
+    if others:
+        raise UsageError("bbits-ref train --resume continues a run in its folder with the "
+                         "settings saved in it; drop " + ", ".join(map(_flag, others))
+                         + " (only learning rates may change, with --change-lr)")
+    if lr_given and not args.change_lr:
+        raise UsageError(f"--resume keeps the run's learning rates; to continue with "
+                         f"{', '.join(map(_flag, lr_given))} add --change-lr (the change is "
+                         "recorded in the run's run.json and history)")
+    if args.change_lr and not lr_given:
+        raise UsageError("--change-lr needs the new learning rates: --lr, --lr-weights, "
+                         "--lr-gates and/or --lr-ranges")
+    lrs = dict.fromkeys(LR_KEYS, args.lr) if getattr(args, "lr", None) is not None else {}
+    lrs.update({key: getattr(args, name) for name, key in _LR_OPTIONS.items()
+                if key is not None and getattr(args, name, None) is not None})
+    path = Path(args.resume)
+    if path.is_file() and path.name != "checkpoint.npz":
+        raise RunDirError(f"{path} is not the checkpoint.npz of a run folder: --resume continues "
+                          f"a run in its own folder. Copy {path.name} into an empty folder as "
+                          "checkpoint.npz and pass --resume with that folder")
+    trainer = Trainer.resume(path, progress=not args.no_progress, lrs=lrs or None)
+    if trainer.out_dir is None:                    # not reached: resume_folder adopts or refuses
+        raise RunDirError(f"{path} belongs to no run folder; copy it into an empty folder as "
+                          "checkpoint.npz and pass --resume with that folder")
+    return trainer
 
 
 def render_run(out: Path, history) -> list:
@@ -74,47 +129,84 @@ def render_run(out: Path, history) -> list:
 
 
 def cmd_figures(args) -> int:
+    from bbits_ref.training.runs import read_json
+
     path = Path(args.path)
+    if not path.is_dir():
+        raise DataFileError(f"{path} is not a folder; give a run folder (with history.json) or a "
+                            "sweep folder (with sweep.json)")
     if (path / "sweep.json").exists():
+        source = path / "sweep.json"
         from bbits_ref.plotting import save_sweep_figures
-        rows = json.loads((path / "sweep.json").read_text())["runs"]
-        files = save_sweep_figures([r for r in rows if r["kind"] == "bb"],
-                                   [r for r in rows if r["kind"] == "baseline"], path / "figures")
+        from bbits_ref.training.experiments import sweep_points
+        table = read_json(source, "sweep table (sweep.json)")
+        if not isinstance(table, dict) or not isinstance(table.get("runs"), list) or not all(
+                isinstance(r, dict) for r in table["runs"]):
+            raise DataFileError(f"{source} should hold {{\"runs\": [rows...]}} as bbits-ref sweep "
+                                "writes it; it does not: re-run the sweep to rewrite it")
+        try:
+            files = save_sweep_figures(*sweep_points(table), path / "figures")
+        except (ValueError, TypeError, KeyError) as exc:
+            raise DataFileError(f"{source} cannot be drawn: {exc}") from exc
     elif (path / "history.json").exists():
-        files = render_run(path, json.loads((path / "history.json").read_text()))
+        source = path / "history.json"
+        history = read_json(source, "training history (history.json)")
+        try:
+            files = render_run(path, history)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise DataFileError(f"{source} cannot be drawn: {exc}") from exc
     else:
-        raise SystemExit(f"{path} holds neither history.json (a run) nor sweep.json (a sweep)")
+        raise DataFileError(f"{path} holds neither history.json (a run) nor sweep.json (a sweep)")
     for f in files:
         print(f)
     return 0
 
 
 def cmd_info(args) -> int:
-    from bbits_ref.training.checkpoints import CheckpointError, load_checkpoint
     from bbits_ref.method.readout import model_readout
-    from bbits_ref.training.config import TrainConfig
-    from bbits_ref.training.trainer import build_model
+    from bbits_ref.training.checkpoints import CheckpointError, load_checkpoint
+    from bbits_ref.training.trainer import build_model, check_checkpoint_meta
 
     path = Path(args.checkpoint)
     if path.is_dir():
         path = path / "checkpoint.npz"
+    built = {}
+
+    def expected_model(meta):       # what the checkpoint must hold, checked before reading it
+        config, _ = check_checkpoint_meta(path, meta)
+        model = build_model(config, rng=0)
+        built.update(config=config, model=model)
+        expected = model.state_dict()
+        for name, _q in model.quantizers():      # ranges are created lazily: add them
+            expected[f"{name}.beta"] = np.zeros((), dtype=config.dtype)
+        return expected
+
+    model_state, _, meta = load_checkpoint(path, expected_model=expected_model)
+    config, model = built["config"], built["model"]
     try:
-        model_state, _, meta = load_checkpoint(path)
-    except CheckpointError as exc:
-        raise SystemExit(f"bbits-ref info: {exc}")
-    config = TrainConfig.from_dict(meta["config"])
-    model = build_model(config, rng=0)
-    model.load_state_dict(model_state)
-    epochs = [h for h in meta["history"] if h["kind"] == "epoch"]
+        model.load_state_dict(model_state)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} does not fit the model its settings build: "
+                              f"{str(exc)[:160]}") from exc
+    epochs = [h for h in meta["history"] if h.get("kind") == "epoch"
+              and isinstance(h.get("test_acc"), (int, float))]
     print(f"{path}: {config.model} on {config.dataset}, epoch {meta['epoch']}, step {meta['step']}"
           + (f", test accuracy {epochs[-1]['test_acc']:.4f}" if epochs else ""))
-    print(model_readout(model))
+    try:
+        print(model_readout(model))
+    except (ValueError, TypeError, FloatingPointError) as exc:
+        raise CheckpointError(f"{path} holds values its readout cannot use: {exc}") from exc
     return 0
 
 
 def cmd_readout(args) -> int:
     from bbits_ref.method.models import lenet5, vgg7
     from bbits_ref.method.readout import model_readout
+    if not (math.isfinite(args.width) and 0 < args.width <= MAX_READOUT_WIDTH):
+        raise UsageError(f"--width is VGG-7's width multiplier (1: 128 to 512 channels), a number "
+                         f"in (0, {MAX_READOUT_WIDTH}]; got {args.width}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer; got {args.seed}")
     model = lenet5(rng=args.seed) if args.model == "lenet5" else vgg7(args.width, rng=args.seed)
     print(model_readout(model))
     return 0

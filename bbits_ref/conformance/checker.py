@@ -1,146 +1,54 @@
 """Run an adapter on the conformance suite and report, case by case, how far it is off.
 
-For every output of every case (spec of the metric)::
+For every output of every case::
 
     worst abs = max |actual − expected|
     worst rel = worst abs / max(max |expected|, tiny)       (relative to the output's largest value)
     pass      ⇔ worst abs ≤ atol + rtol · max(max |expected|, tiny)
 
-A case passes when all its outputs pass.  A protocol method the adapter does not have (or that
-raises ``NotImplementedError``) makes the case *skipped*, never failed.  An exception in the
-adapter fails the case and the report shows it.  An output whose expected value is ``None``
-(the gradient of an absent gate) accepts ``None`` or zeros.
+A case passes when all its outputs pass.  An output whose expected value is ``None`` (the
+gradient of an absent gate) accepts ``None`` or zeros.  A protocol method the adapter does not
+have (or that raises ``NotImplementedError``) makes the case *skipped*, never failed.
+
+:func:`check` runs the adapter in a child process (:mod:`bbits_ref.conformance.worker`): an
+adapter that raises, ends its process, hangs past ``timeout`` or returns the wrong type makes
+*its* case "ERROR" (could not run) and the check goes on.  The suite is loaded and validated
+before the adapter starts.  :func:`check_in_process` calls the adapter in this process, with no
+isolation and no time limit: for adapters that cannot be sent to a child (defined in a notebook
+cell) and for debugging.
 """
 from __future__ import annotations
 
-import importlib
-import traceback
-from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 import numpy as np
 
-from bbits_ref.conformance.suite import METHODS, SCHEMA_VERSION, Case, Suite, load, run_case
+from bbits_ref._errors import UsageError
+from bbits_ref.conformance.protocol import Suite
+from bbits_ref.conformance.report import ERROR, FAIL, PASS, SKIP, CaseResult, OutputResult, Report
+from bbits_ref.conformance.storage import load, suite_digest
+from bbits_ref.conformance.worker import (DEFAULT_TIMEOUT, STARTUP_TIMEOUT, AdapterProcess,
+                                          Outcome, Unconvertible, run_call)
 
-__all__ = ["OutputResult", "CaseResult", "Report", "check", "compare", "load_adapter",
-           "AdapterImportError"]
+__all__ = ["check", "check_in_process", "compare", "select_cases"]
 
 TINY = np.finfo(np.float64).tiny
-PASS, FAIL, SKIP = "pass", "FAIL", "skipped"
-
-
-@dataclass
-class OutputResult:
-    """The comparison of one output of one case."""
-
-    name: str
-    ok: bool
-    worst_abs: float = 0.0
-    worst_rel: float = 0.0
-    message: str = ""
-
-
-@dataclass
-class CaseResult:
-    """The verdict of one case: ``"pass"``, ``"FAIL"`` or ``"skipped"``."""
-
-    name: str
-    method: str
-    verdict: str
-    outputs: list = field(default_factory=list)
-    message: str = ""
-
-    @property
-    def worst_abs(self) -> float:
-        return max((o.worst_abs for o in self.outputs), default=float("nan"))
-
-    @property
-    def worst_rel(self) -> float:
-        return max((o.worst_rel for o in self.outputs), default=float("nan"))
-
-
-@dataclass
-class Report:
-    """All case results of one check, printable as a table with a summary line."""
-
-    adapter_name: str
-    suite_version: str
-    created_by: str
-    results: list
-
-    def _names(self, verdict: str) -> list:
-        return [r.name for r in self.results if r.verdict == verdict]
-
-    @property
-    def passed(self) -> list:
-        return self._names(PASS)
-
-    @property
-    def failed(self) -> list:
-        return self._names(FAIL)
-
-    @property
-    def skipped(self) -> list:
-        return self._names(SKIP)
-
-    @property
-    def ok(self) -> bool:
-        """True when no case failed (skipped cases do not count against an adapter)."""
-        return not self.failed
-
-    @property
-    def summary(self) -> str:
-        return f"{len(self.passed)} passed, {len(self.failed)} failed, {len(self.skipped)} skipped"
-
-    def __str__(self) -> str:
-        width = max([len(r.name) for r in self.results] + [4])
-        lines = [f"Bayesian Bits conformance: {self.adapter_name}",
-                 f"suite {self.suite_version} (schema {SCHEMA_VERSION}, {self.created_by}); "
-                 "rounding ties are exact in every formula, no tie allowance (spec §2.3a)",
-                 f"{'case':<{width}}  {'worst abs':>10}  {'worst rel':>10}  verdict",
-                 "-" * (width + 35)]
-        for r in self.results:
-            if r.verdict == SKIP:
-                lines.append(f"{r.name:<{width}}  {'-':>10}  {'-':>10}  skipped ({r.message})")
-                continue
-            verdict = r.verdict if not r.message else f"{r.verdict} ({r.message})"
-            lines.append(f"{r.name:<{width}}  {r.worst_abs:>10.3e}  {r.worst_rel:>10.3e}  "
-                         f"{verdict}")
-        bad = [(r, o) for r in self.results for o in r.outputs if not o.ok]
-        if bad:
-            lines += ["", "failed outputs:"]
-            lines += [f"  {r.name} :: {o.name}: {o.message}" for r, o in bad]
-        lines += ["", self.summary]
-        return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- comparison
-
-def _as_array(value) -> np.ndarray:
-    if hasattr(value, "detach"):                # a torch tensor slipped through: be helpful
-        value = value.detach().cpu().numpy()
-    return np.asarray(value, dtype=np.float64)
 
 
 def compare(name: str, actual, expected, atol: float, rtol: float) -> OutputResult:
     """Compare one output (see the module docstring for the metric)."""
+    if isinstance(actual, Unconvertible):
+        return OutputResult(name, False, float("inf"), float("inf"), str(actual))
     if expected is None:
         if actual is None:
             return OutputResult(name, True)
-        try:
-            zero = not np.any(_as_array(actual))
-        except (TypeError, ValueError):
-            zero = False
+        zero = not np.any(np.asarray(actual, dtype=np.float64))
         return OutputResult(name, zero, message="" if zero else
                             "expected None (no such gate), got a non-zero value")
     if actual is None:
         return OutputResult(name, False, float("inf"), float("inf"),
                             "missing: the adapter returned None or no such output")
-    try:
-        a = _as_array(actual)
-    except (TypeError, ValueError) as exc:
-        return OutputResult(name, False, float("inf"), float("inf"),
-                            f"not convertible to a float array ({exc})")
+    a = np.asarray(actual, dtype=np.float64)
     b = expected
     if a.shape != b.shape:
         if a.size == b.size == 1:
@@ -164,81 +72,65 @@ def compare(name: str, actual, expected, atol: float, rtol: float) -> OutputResu
     return OutputResult(name, ok, worst, worst / scale, message)
 
 
-def _check_case(adapter, case: Case) -> CaseResult:
-    fn = getattr(adapter, case.method, None)
-    if not callable(fn):
-        return CaseResult(case.name, case.method, SKIP, message="not implemented")
-    try:
-        actual = run_case(adapter, case)
-    except NotImplementedError as exc:
-        return CaseResult(case.name, case.method, SKIP,
-                          message=f"not implemented{': ' + str(exc) if str(exc) else ''}")
-    except Exception as exc:                    # report the adapter's error, keep checking
-        last = traceback.extract_tb(exc.__traceback__)[-1]
-        return CaseResult(case.name, case.method, FAIL,
-                          message=f"error: {type(exc).__name__}: {exc} "
-                                  f"[{last.filename}:{last.lineno}]")
-    outputs = [compare(key, actual.get(key), expected, *case.tolerance(key))
+def _verdict(case, outcome: Outcome) -> CaseResult:
+    seconds = outcome.seconds
+    if outcome.status == "skipped":
+        return CaseResult(case.name, case.method, SKIP, message=outcome.message, seconds=seconds)
+    if outcome.status == "error":
+        return CaseResult(case.name, case.method, ERROR, message=outcome.message, seconds=seconds)
+    outputs = [compare(key, outcome.outputs.get(key), expected, *case.tolerance(key))
                for key, expected in case.expected.items()]
     return CaseResult(case.name, case.method, PASS if all(o.ok for o in outputs) else FAIL,
-                      outputs)
+                      outputs, seconds=seconds)
 
 
-def check(suite, adapter, select=None) -> Report:
-    """Run ``adapter`` on every case of ``suite`` (a directory or a loaded :class:`Suite`).
+def select_cases(suite: Suite, select=None) -> list:
+    """The cases whose id matches one of the fnmatch patterns ``select`` (all when None)."""
+    if not select:
+        return list(suite.cases)
+    patterns = [select] if isinstance(select, str) else list(select)
+    cases = [c for c in suite.cases if any(fnmatchcase(c.name, p) for p in patterns)]
+    if not cases:
+        raise UsageError(f"no case matches {patterns}; case ids look like "
+                         f"{suite.cases[0].name!r} (patterns such as 'quantize/*')")
+    return cases
 
-    ``select``: optional fnmatch patterns (e.g. ``["quantize/*"]``); only matching cases run.
+
+def _report(suite: Suite, name: str, results: list) -> Report:
+    return Report(str(name), suite.suite_version, suite.manifest.get("created_by", "?"), results,
+                  suite_digest((c.name, e["case_sha256"])
+                               for c, e in zip(suite.cases, suite.manifest["cases"])))
+
+
+def _run_all(cases, run) -> list:
+    return [_verdict(case, run(case.method, case.inputs)) for case in cases]
+
+
+def check(suite, adapter, select=None, *, timeout: float = DEFAULT_TIMEOUT,
+          startup_timeout: float = STARTUP_TIMEOUT) -> Report:
+    """Run ``adapter`` on the cases of ``suite`` (a directory or a loaded :class:`Suite`), each
+    call in a child process with a time limit of ``timeout`` seconds.
+
+    ``adapter``: ``"MODULE:ATTR"``, or an object whose class the child can import (it is
+    pickled).  ``select``: optional fnmatch patterns (e.g. ``["quantize/*"]``).  Raises
+    :class:`~bbits_ref.conformance.storage.SuiteError` for a bad suite and
+    :class:`~bbits_ref.conformance.worker.AdapterImportError` for an adapter that cannot be
+    built, both before any case runs; everything the adapter does while running a case ends up
+    in the report.
     """
     suite = suite if isinstance(suite, Suite) else load(suite)
-    cases = suite.cases
-    if select:
-        patterns = [select] if isinstance(select, str) else list(select)
-        cases = [c for c in cases if any(fnmatchcase(c.name, p) for p in patterns)]
-        if not cases:
-            raise ValueError(f"no case matches {patterns}; case names look like "
-                             f"{suite.cases[0].name!r}")
-    results = [_check_case(adapter, case) for case in cases]
+    cases = select_cases(suite, select)
+    with AdapterProcess(adapter, timeout=timeout, startup_timeout=startup_timeout) as process:
+        results = _run_all(cases, process.run)
+        return _report(suite, process.name, results)
+
+
+def check_in_process(suite, adapter, select=None) -> Report:
+    """:func:`check` without the child process: the adapter runs here, with no time limit, and an
+    adapter that ends the process ends the caller.  For adapters defined in a notebook cell
+    (which a child process cannot import) and for debugging with breakpoints."""
+    suite = suite if isinstance(suite, Suite) else load(suite)
+    cases = select_cases(suite, select)
+    results = _run_all(cases, lambda method, inputs: run_call(adapter, method, inputs))
     name = getattr(adapter, "name", None) or type(adapter).__name__
-    return Report(str(name), suite.suite_version, suite.manifest.get("created_by", "?"), results)
-
-
-# --------------------------------------------------------------------------- --impl
-
-class AdapterImportError(ImportError):
-    """``--impl MODULE:ATTR`` could not be resolved to an adapter."""
-
-
-def load_adapter(spec: str):
-    """Resolve ``"MODULE:ATTR"`` to an adapter: an instance, or a class instantiated with no
-    arguments (e.g. ``bbits_ref.conformance.reference:adapter``)."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise AdapterImportError(f"--impl takes MODULE:ATTR, e.g. "
-                                 f"bbits_ref.conformance.reference:adapter; got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise AdapterImportError(f"cannot import module {module_name!r} named in --impl "
-                                 f"{spec!r}: {exc}.  Is it installed or on PYTHONPATH?") from exc
-    obj = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as exc:
-            raise AdapterImportError(f"module {module_name!r} has no attribute {attr!r} "
-                                     f"(--impl {spec!r}): {exc}") from exc
-        except Exception as exc:            # e.g. a lazily built adapter that needs a setting
-            raise AdapterImportError(f"building the adapter {spec} failed: "
-                                     f"{type(exc).__name__}: {exc}") from exc
-    if isinstance(obj, type):
-        try:
-            obj = obj()
-        except Exception as exc:
-            raise AdapterImportError(f"{spec} is a class; it must be constructible with no "
-                                     f"arguments to serve as an adapter "
-                                     f"({type(exc).__name__}: {exc})") from exc
-    if not any(callable(getattr(obj, m, None)) for m in METHODS):
-        raise AdapterImportError(f"{spec} resolved to {obj!r}, which has none of the protocol "
-                                 "methods (quantize, hard_concrete, …); see "
-                                 "bbits_ref.conformance for the protocol")
-    return obj
+    return _report(suite, name, results)

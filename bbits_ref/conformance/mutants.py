@@ -6,17 +6,23 @@ shows the suite can fail on a real bug.  Notebook ``09_validating_fast_implement
 what a failing report looks like.
 
 * :class:`WrongDenominator`: step sizes s_{2b} = s_b/(2^b − 1) instead of s_b/(2^b + 1)
-  (spec §2.3–2.4: the residual takes 2^b + 1 values, so the denominator is 2^b + 1).
-* :class:`HalfThreshold`: test-time gates 1[P(z = 0) < 0.5] instead of 0.34 (spec §3.4).
+  (docs/method.md §2.3–2.4: the residual takes 2^b + 1 values, so the denominator is 2^b + 1).
+* :class:`HalfThreshold`: test-time gates 1[P(z = 0) < 0.5] instead of 0.34 (§3.4).
 * :class:`OwnNoise`: gates sampled from the adapter's own random numbers, ignoring the given
-  noise (spec §3.2: randomness must be explicit so that implementations can be compared).
+  noise (§3.2: randomness must be explicit so that implementations can be compared).
 * :class:`NoStraightThrough`: rounding with gradient 0 instead of the straight-through
-  estimator (spec §2.6): no gradient reaches x, and β gets only x_q/β.  Only ``quantize`` is
+  estimator (§2.6): no gradient reaches x, and β gets only x_q/β.  Only ``quantize`` is
   mutated.
+
+:class:`CrashesAndHangs` is wrong in another way: it ends its process and hangs, which the
+checker must survive (each call runs in a child process with a time limit).  It is not in
+:data:`MUTANTS`, whose members the notebook runs without a time limit.
 """
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 
 import numpy as np
 
@@ -24,7 +30,8 @@ from bbits_ref.method import quantizer
 from bbits_ref.method.gates import HardConcrete
 from bbits_ref.conformance.reference import ReferenceAdapter
 
-__all__ = ["WrongDenominator", "HalfThreshold", "OwnNoise", "NoStraightThrough", "MUTANTS"]
+__all__ = ["WrongDenominator", "HalfThreshold", "OwnNoise", "NoStraightThrough", "MUTANTS",
+           "CrashesAndHangs"]
 
 
 @contextlib.contextmanager
@@ -109,3 +116,23 @@ class NoStraightThrough(ReferenceAdapter):
 #: The mutants by short name.
 MUTANTS = {"wrong_denominator": WrongDenominator, "half_threshold": HalfThreshold,
            "own_noise": OwnNoise, "no_straight_through": NoStraightThrough}
+
+
+class CrashesAndHangs(ReferenceAdapter):
+    """The reference, except that ``hard_concrete`` ends the process (``os._exit(3)``, as a
+    crashing C or CUDA extension would) and ``regularizer`` hangs for ``hang_seconds`` on 128
+    pruning gates (the case ``regularizer/cifar_init``)."""
+
+    def __init__(self, hang_seconds: float = 600.0) -> None:
+        super().__init__()
+        self.name = "misbehaving: exits in hard_concrete, hangs on 128 pruning gates"
+        self.hang_seconds = hang_seconds
+
+    def hard_concrete(self, logits, u, *, grad_out):
+        os._exit(3)
+
+    def regularizer(self, prune_logits, chain_logits, mac_weight, *, prior, reg_type):
+        if prune_logits is not None and np.size(prune_logits) == 128:
+            time.sleep(self.hang_seconds)
+        return super().regularizer(prune_logits, chain_logits, mac_weight, prior=prior,
+                                   reg_type=reg_type)

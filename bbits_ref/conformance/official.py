@@ -1,4 +1,5 @@
-"""An adapter for the official Bayesian Bits code (Qualcomm-AI-research/BayesianBits, spec §9).
+"""An adapter for the official Bayesian Bits code (Qualcomm-AI-research/BayesianBits;
+docs/method.md §9).
 
 It runs the conformance suite against the official quantizer functions, on a CPU, so that the
 reference (and through it every implementation that passes the suite) is tied to the code the
@@ -19,7 +20,7 @@ or from Python::
 
     from bbits_ref.conformance import check
     from bbits_ref.conformance.official import OfficialAdapter
-    print(check("/tmp/bb-suite", OfficialAdapter("~/src/BayesianBits")))
+    print(check("/tmp/bb-suite", OfficialAdapter("~/src/BayesianBits")))   # in a child process
 
 The directory is the root of the clone: the one that contains
 ``anonymized_compression_package/quantization/straight_through.py``.  Only that file is loaded
@@ -27,23 +28,23 @@ The directory is the root of the clone: the one that contains
 training driver and the model files are not imported.  The official code targets Python 3.5 and
 PyTorch 1.1; ``straight_through.py`` imports only torch and numpy.
 
-What comes from the official code, and what is transcribed from the spec
-------------------------------------------------------------------------
+What comes from the official code, and what is transcribed from docs/method.md
+-------------------------------------------------------------------------------
 * ``quantize``: the official ``recursive_quantization`` with its straight-through rounding
   ``round_ste_func`` (or ``RoundStraightThrough.apply``), on a tensor clipped here exactly as
-  ``pact_clip`` does it (``hi − relu(hi − lo − relu(x − lo))``, spec §2.2, §2.3a) with the chained
+  ``pact_clip`` does it (``hi − relu(hi − lo − relu(x − lo))``, §2.2, §2.3a) with the chained
   step sizes of ``get_scales`` (s2 = (β − α)/3, s_{2b} = s_b/(2^b + 1)).  Gradients by torch
   autograd through the official function.
 * ``prob_nonzero`` (hard concrete): the official ``hc_prob_pos``.
 * ``deterministic_gates``, ``chain_gates_eval``: 1[1 − hc_prob_pos(φ) < hc_thres], the chain
-  visited z4 → z32 with the φ ≤ −2 hard cut (spec §3.4–3.5), built on the official
+  visited z4 → z32 with the φ ≤ −2 hard cut (§3.4–3.5), built on the official
   ``hc_prob_pos`` and the class constants of ``BayesianBitsQuantizer`` (``hc_thres`` etc.) when
-  the class defines them, else the spec's values (see :attr:`OfficialAdapter.constants`).
-* ``hard_concrete``: the documented formula (spec §3.2) on the suite's noise, with the official
+  the class defines them, else the documented values (see :attr:`OfficialAdapter.constants`).
+* ``hard_concrete``: the documented formula (§3.2) on the suite's noise, with the official
   constants.  ``l0_sample`` draws its own noise and moves it to the GPU unconditionally, so it is
   never called: the adapter replaces it, in its private copy of the module, by a function that
   raises.
-* ``regularizer``: the formula of spec §4.3 on the official ``hc_prob_pos``.
+* ``regularizer``: the formula of §4.3 on the official ``hc_prob_pos``.
   ``BayesianBitsQuantizer.regularizer()`` itself is not driven, because it reads the BOP weight
   from attributes set by the training driver (``assign_macs``) that this adapter cannot set
   without guessing their names.
@@ -52,7 +53,7 @@ What comes from the official code, and what is transcribed from the spec
   and the model files).
 
 On a CPU-only machine ``BayesianBitsQuantizer.cuda`` is set to False right after the import, as
-spec §9 requires before any construction.
+§9 requires before any construction.
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ ENV_VAR = "BBITS_OFFICIAL_REPO"
 MODULE_PATH = Path("anonymized_compression_package", "quantization", "straight_through.py")
 REPO_URL = "https://github.com/Qualcomm-AI-research/BayesianBits"
 
-#: The spec's values, used when the official class does not define a constant (spec §10).
+#: The documented values, used when the official class does not define a constant (§10).
 SPEC_CONSTANTS = {"hc_beta": 2 / 3, "hc_gamma": -0.1, "hc_zeta": 1.1, "hc_thres": 0.34}
 CLIP_EPS = 1e-7                 # pact_clip: hi = (1 − ε)·β
 HARD_CUT_LOGIT = -2.0           # get_gates: φ_b ≤ −2 cuts z_b and every higher gate
@@ -83,7 +84,7 @@ class OfficialCodeError(RuntimeError):
 
 def _refuse_l0_sample(*args, **kwargs):
     raise RuntimeError("the conformance adapter must not call the official l0_sample: it draws "
-                       "its own noise and moves it to the GPU (spec §9); the adapter computes "
+                       "its own noise and moves it to the GPU (§9); the adapter computes "
                        "the sample from the suite's noise instead")
 
 
@@ -145,11 +146,12 @@ class OfficialAdapter:
             raise ValueError(f"dtype must be 'float64' or 'float32'; got {dtype!r}")
         self.torch = _import_torch()
         self.repo_dir = repo_dir.resolve()
+        self.dtype_name = dtype
         self.module = _load_official_module(self.repo_dir)
         self.dtype = getattr(self.torch, dtype)
         quantizer_cls = getattr(self.module, "BayesianBitsQuantizer", None)
         if quantizer_cls is not None and hasattr(quantizer_cls, "cuda"):
-            quantizer_cls.cuda = False          # before any construction (spec §9)
+            quantizer_cls.cuda = False          # before any construction (§9)
         self.module.l0_sample = _refuse_l0_sample
         self.round_fn = getattr(self.module, "round_ste_func", None)
         if self.round_fn is None and hasattr(self.module, "RoundStraightThrough"):
@@ -157,14 +159,18 @@ class OfficialAdapter:
         if self.round_fn is None:
             raise OfficialCodeError(f"{self.module.__file__} defines neither round_ste_func nor "
                                     "RoundStraightThrough")
-        #: the hard-concrete constants used, and where each came from ("official" or "spec")
+        #: the hard-concrete constants used, and where each came from ("official" or "documented")
         self.constants = {}
         for key, value in SPEC_CONSTANTS.items():
             official = getattr(quantizer_cls, key, None)
             self.constants[key] = (float(official), "official") if isinstance(
-                official, (int, float)) else (value, "spec")
+                official, (int, float)) else (value, "documented")
         self.name = (f"official BayesianBits code at {self.repo_dir} "
                      f"(torch {self.torch.__version__}, {dtype}, CPU)")
+
+    def __reduce__(self):
+        """Pickle as (clone, dtype): a child process loads the official module itself."""
+        return (type(self), (str(self.repo_dir), self.dtype_name))
 
     @classmethod
     def from_env(cls, dtype: str = "float64") -> "OfficialAdapter":
@@ -200,7 +206,7 @@ class OfficialAdapter:
 
     # -- the protocol
     def quantize(self, x, beta, z2, z4, z8, z16, z32, *, signed: bool, grad_out) -> dict:
-        """pact_clip (transcribed) + the official recursive_quantization (spec §2.2–2.6)."""
+        """pact_clip (transcribed) + the official recursive_quantization (§2.2–2.6)."""
         relu = self.torch.nn.functional.relu
         x_t = self._tensor(x, True)
         beta_t = self._tensor(float(beta), True)
@@ -222,7 +228,7 @@ class OfficialAdapter:
         return out
 
     def hard_concrete(self, logits, u, *, grad_out) -> dict:
-        """The l0_sample formula on the given noise (spec §3.2), with the official constants."""
+        """The l0_sample formula on the given noise (§3.2), with the official constants."""
         torch = self.torch
         phi = self._tensor(logits, True)
         u_t = self._tensor(u)
@@ -233,12 +239,12 @@ class OfficialAdapter:
         return {"z": self._np(z), "grad_logits": self._grad(phi)}
 
     def prob_nonzero(self, logits, *, gate: str):
-        """The official hc_prob_pos (spec §3.3)."""
+        """The official hc_prob_pos (§3.3)."""
         self._hard_concrete_only(gate)
         return self._np(self._prob_nonzero(self._tensor(logits)))
 
     def deterministic_gates(self, logits, *, gate: str):
-        """1[P(z = 0) < hc_thres] with P(z = 0) = 1 − hc_prob_pos(φ) (spec §3.4)."""
+        """1[P(z = 0) < hc_thres] with P(z = 0) = 1 − hc_prob_pos(φ) (§3.4)."""
         self._hard_concrete_only(gate)
         p_zero = 1 - self._prob_nonzero(self._tensor(logits))
         return (p_zero < self._const("hc_thres")).double().numpy()
@@ -292,7 +298,7 @@ class OfficialAdapter:
     @staticmethod
     def _hard_concrete_only(gate: str) -> None:
         if gate != "hard_concrete":
-            raise NotImplementedError(f"the official code has no {gate!r} gate (spec §3.7)")
+            raise NotImplementedError(f"the official code has no {gate!r} gate (§3.7)")
 
 
 _ADAPTERS: dict = {}

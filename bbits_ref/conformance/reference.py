@@ -1,13 +1,13 @@
 """The reference implementation behind the adapter protocol (float64 by default).
 
 Every method forwards to the bbits_ref functions that the rest of the package uses, so the
-conformance suite's expected values *are* the reference (spec §2–§5, §7.1).  The protocol itself
+conformance suite's expected values *are* the reference (docs/method.md §2–§5, §7.1).  The protocol itself
 is documented in :mod:`bbits_ref.conformance` (all arrays in and out are NumPy arrays).
 
 ``adapter`` is the float64 instance the suite is generated with.  ``ReferenceAdapter(np.float32)``
 runs the same code in float32; the tests use it to show that a float32 implementation can pass
 every tolerance of the suite, and ``ReferenceAdapter(clip="numpy")`` to show that the tie cases
-do not depend on the clip formula (spec §2.3a).
+do not depend on the clip formula (§2.3a).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def _out(a) -> np.ndarray:
 
 
 def bops_layer_names(model: str, width: float = 1.0) -> list[tuple[str, int]]:
-    """(layer name, MACs) of ``"lenet5"`` or ``"vgg7"`` in network order (spec §5.1)."""
+    """(layer name, MACs) of ``"lenet5"`` or ``"vgg7"`` in network order (§5.1)."""
     if model == "lenet5":
         if width != 1.0:
             raise ValueError(f"LeNet-5 has no width multiplier; pass width=1.0, got {width!r}")
@@ -74,9 +74,9 @@ class ReferenceAdapter:
         (a hook: the half-threshold mutant swaps it)."""
         return make_gate(kind)
 
-    # -- spec §2: the quantizer
+    # -- §2: the quantizer
     def quantize(self, x, beta, z2, z4, z8, z16, z32, *, signed: bool, grad_out) -> dict:
-        """x_q and its STE gradients (spec §2.2–2.6); a gate that is exactly 0 gets gradient 0."""
+        """x_q and its STE gradients (§2.2–2.6); a gate that is exactly 0 gets gradient 0."""
         x_t = self._tensor(x)
         beta_t = self._tensor(np.reshape(beta, ()))
         z2_t = None if z2 is None else self._tensor(z2)
@@ -88,9 +88,9 @@ class ReferenceAdapter:
         out.update({f"grad_z{b}": _grad(t) for b, t in zip((4, 8, 16, 32), gates)})
         return out
 
-    # -- spec §3: gates
+    # -- §3: gates
     def hard_concrete(self, logits, u, *, grad_out) -> dict:
-        """z = clip(sigmoid((log u − log(1−u) + φ)/β)(ζ − γ) + γ, 0, 1) and dL/dφ (spec §3.2)."""
+        """z = clip(sigmoid((log u − log(1−u) + φ)/β)(ζ − γ) + γ, 0, 1) and dL/dφ (§3.2)."""
         phi = self._tensor(logits)
         z = HardConcrete().sample(phi, np.asarray(u, dtype=self.dtype))
         z.backward(np.asarray(grad_out, dtype=self.dtype))
@@ -98,7 +98,7 @@ class ReferenceAdapter:
 
     def gumbel_softmax(self, logits, u, *, temperature: float, straight_through: bool,
                        grad_out) -> dict:
-        """Binary-concrete sample (optionally straight-through) and dL/dφ (spec §3.7)."""
+        """Binary-concrete sample (optionally straight-through) and dL/dφ (§3.7)."""
         phi = self._tensor(logits)
         gate = make_gate("gumbel_softmax", temperature=float(temperature),
                          straight_through=bool(straight_through))
@@ -115,16 +115,16 @@ class ReferenceAdapter:
         return _out(self._test_time_gate(gate).deterministic(np.asarray(logits, dtype=self.dtype)))
 
     def chain_gates_eval(self, chain_logits, *, hard_cut: bool) -> np.ndarray:
-        """Test-time (z4, z8, z16, z32): the chain stops at the first 0 gate (spec §3.4–3.5)."""
+        """Test-time (z4, z8, z16, z32): the chain stops at the first 0 gate (§3.4–3.5)."""
         gates = chain_gates(self._test_time_gate("hard_concrete"),
                             self._tensor(chain_logits, False), None, training=False,
                             hard_cut=bool(hard_cut))
         return np.array([0.0 if z is None else float(z) for z in gates])
 
-    # -- spec §4: the regularizer
+    # -- §4: the regularizer
     def regularizer(self, prune_logits, chain_logits, mac_weight, *, prior: str,
                     reg_type: str) -> dict:
-        """R_t of spec §4.3 (``"autoregressive"``) or the independent ablation, and dR/dφ."""
+        """R_t of §4.3 (``"autoregressive"``) or the independent ablation, and dR/dφ."""
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}; got {prior!r}")
         gate = HardConcrete()
@@ -137,9 +137,9 @@ class ReferenceAdapter:
         return {"value": _out(value), "grad_prune_logits": _grad(prune),
                 "grad_chain_logits": _grad(chain)}
 
-    # -- spec §5: BOPs
+    # -- §5: BOPs
     def relative_bops(self, model: str, width: float, gates: dict) -> float:
-        """Deterministic relative BOPs in percent (spec §5) from test-time 0/1 gates."""
+        """Deterministic relative BOPs in percent (§5) from test-time 0/1 gates."""
         layers = bops_layer_names(model, float(width))
         expected = {f"{n}.weight_quantizer" for n, _ in layers}
         expected |= {f"{n}.act_quantizer" for n, _ in layers[:-1]}
@@ -157,10 +157,10 @@ class ReferenceAdapter:
             prev = name
         return float(bops.relative_bops(costs))
 
-    # -- spec §7.1: one LeNet-5 training step
+    # -- §7.1: one LeNet-5 training step
     def lenet5_step(self, params: dict, x, y, noise: dict, *, mu: float) -> dict:
         """Mean CE + μ·Σ_t R_t of LeNet-5 in training mode with the given gate noise, and its
-        gradient with respect to every float parameter (spec §7.1, §4.3)."""
+        gradient with respect to every float parameter (§7.1, §4.3)."""
         model = lenet5(BBConfig(chain_init="mnist", clip=self.clip), dtype=self.dtype)
         model.load_state_dict(params, strict=True)
         model.train()

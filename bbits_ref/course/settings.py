@@ -73,7 +73,7 @@ class RunSettings:
     train_limit: int | None
     test_limit: int | None
     log_every: int
-    batch_size: int = 128          # the official batch size (spec §7.3)
+    batch_size: int = 128          # the official batch size (docs/method.md §7.3)
 
     def overrides(self) -> dict:
         """Keyword arguments for :class:`~bbits_ref.training.trainer.TrainConfig` / :func:`~bbits_ref.training.trainer.train`."""
@@ -175,8 +175,8 @@ def settings(small: bool | None = None, environ=None) -> CourseSettings:
     if CACHE_ENV_VAR in env:
         cache = Path(env[CACHE_ENV_VAR]).expanduser() if env[CACHE_ENV_VAR].strip() else None
     else:
-        from bbits_ref.datasets.loaders import DATA_ENV_VAR, DEFAULT_DATA_ROOT
-        cache = Path(env.get(DATA_ENV_VAR) or DEFAULT_DATA_ROOT).expanduser() / "course-runs"
+        from bbits_ref.datasets import data_root
+        cache = data_root(environ=env) / "course-runs"
     return replace(_FULL, cache_dir=cache)
 
 

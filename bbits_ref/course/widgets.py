@@ -366,7 +366,9 @@ class GateExplorer(Explorer):
 
     state: ``kind, logit, temperature, gamma, zeta, threshold, prob_nonzero, prob_zero,
     prob_one`` (hard concrete only; None for Gumbel-softmax), ``deterministic`` (the test-time
-    0/1 gate), ``threshold_logit, hard_cut`` (φ ≤ −2 would cut this gate if it were z4…z32),
+    0/1 gate), ``threshold_logit``, ``hard_cut_logit`` (the active gate's own cut: −2 for hard
+    concrete, −0.401403 for Gumbel-softmax), ``hard_cut`` (φ ≤ hard_cut_logit would cut this gate
+    if it were z4…z32),
     ``mc_prob_nonzero, mc_prob_one, sample_mean`` (from the samples), ``n_samples, seed``.
     """
 
@@ -451,6 +453,7 @@ class GateExplorer(Explorer):
             "prob_one": gate.prob_one(phi).item() if hard else None,
             "deterministic": float(gate.deterministic(phi)),
             "threshold_logit": gate.threshold_logit(),
+            "hard_cut_logit": float(gate.hard_cut_logit),
             "hard_cut": bool(cut),
             "mc_prob_nonzero": float(np.mean(z != 0) if hard else np.mean(z > 0.5)),
             "mc_prob_one": float(np.mean(z == 1)),
@@ -474,7 +477,7 @@ class GateExplorer(Explorer):
                         rows)
                 + f"test-time gate {rule} = <b>{s['deterministic']:.0f}</b> "
                   f"(flips at φ = {s['threshold_logit']:.4f}); "
-                + f"hard cut (φ ≤ {gates.HARD_CUT_LOGIT:g}): {cut}")
+                + f"hard cut (φ ≤ {s['hard_cut_logit']:.4g}): {cut}")
 
     def _draw(self, fig) -> None:
         s, gate, z = self.state, self.gate(), self._samples

@@ -1,6 +1,6 @@
-"""Counting bit operations (BOPs): the cost metric Bayesian Bits reports (spec §4.4, §5, §5.1).
+"""Counting bit operations (BOPs), the cost metric of Bayesian Bits (docs/method.md §4.4, §5).
 
-For every conv/linear layer l (spec §5)::
+For every conv/linear layer l (§5)::
 
     BOPs_l = MAC_l · b_w(l) · b_a(l) · keep_out(l) · keep_in(l)
     relative BOPs (%) = 100 · Σ_l BOPs_l / Σ_l (MAC_l · 32 · 32)
@@ -13,11 +13,11 @@ For every conv/linear layer l (spec §5)::
   For LeNet-5's fc1, whose 1024 inputs are conv2's 64 channels × 16 positions, keep_in is conv2's
   channel fraction.
 
-The official code only reports this deterministic count (gates from the test-time rule, spec §3.4).
+The official code only reports this deterministic count (gates from the test-time rule, §3.4).
 :func:`expected_layer_cost` adds an *expected* count for monitoring; it is our addition, not official.
 
 This module is plain NumPy arithmetic: nothing here needs gradients (the differentiable proxy is the
-regularizer in :mod:`bbits_ref.method.prior`, spec §4.3).
+regularizer in :mod:`bbits_ref.method.prior`, §4.3).
 
 Notebook: ``notebooks/05_bops.ipynb``.
 """
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bbits_ref.method.quantizer import BIT_WIDTHS   # the widths a Bayesian Bits quantizer can select (spec §1)
-
-FULL_PRECISION_BITS = 32            # the baseline: 32-bit weights and activations on every layer
-INPUT_BITS = 8                      # the network input is counted as 8-bit (spec §5)
+from bbits_ref.method import architectures
+from bbits_ref.method.architectures import vgg7_widths   # noqa: F401  (VGG-7's widths, re-exported)
+# the widths a quantizer can select (§1), the 8-bit input and the 32-bit baseline (§5)
+from bbits_ref.method.constants import BIT_WIDTHS, FULL_PRECISION_BITS, INPUT_BITS
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -93,7 +93,7 @@ def _as_array(values, what: str) -> np.ndarray:
     """Array-like (lists may hold None = gate off, or Tensors) -> float64 ndarray."""
     values = getattr(values, "data", values)            # a bbits_ref Tensor
     if isinstance(values, (list, tuple)):
-        # chain_gates() returns None for a hard-cut gate: that gate is constant 0 (spec §3.5)
+        # chain_gates() returns None for a hard-cut gate: that gate is constant 0 (§3.5)
         values = [0.0 if v is None else np.asarray(getattr(v, "data", v), dtype=np.float64)
                   for v in values]
     try:
@@ -113,12 +113,12 @@ def _check_chain(values, what: str) -> np.ndarray:
     return chain
 
 
-# --------------------------------------------------------------------------- MACs (spec §4.4)
+# --------------------------------------------------------------------------- MACs (§4.4)
 
 def conv_output_hw(in_hw, kernel, stride=1, padding=0) -> tuple:
     """Spatial output size of a conv or pooling window: H_out = ⌊(H + 2p − k)/s⌋ + 1 (per axis).
 
-    Also used for max-pooling (kernel 2, stride 2). No dilation, as in the spec's models (§7).
+    Also used for max-pooling (kernel 2, stride 2). No dilation, as in the models of §7.
     """
     (h, w), (kh, kw) = _pair(in_hw, "in_hw"), _pair(kernel, "kernel")
     (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
@@ -132,7 +132,7 @@ def conv_output_hw(in_hw, kernel, stride=1, padding=0) -> tuple:
 
 
 def conv_macs(c_in, c_out, kernel, out_hw, groups=1) -> int:
-    """MACs of a conv layer (spec §4.4): C_out · H_out · W_out · k_h · k_w · C_in / groups.
+    """MACs of a conv layer (§4.4): C_out · H_out · W_out · k_h · k_w · C_in / groups.
 
     Biases are ignored, as in the official MAC counter.
     """
@@ -145,68 +145,39 @@ def conv_macs(c_in, c_out, kernel, out_hw, groups=1) -> int:
 
 
 def linear_macs(n_in, n_out) -> int:
-    """MACs of a linear layer (spec §4.4): in · out (bias ignored)."""
+    """MACs of a linear layer (§4.4): in · out (bias ignored)."""
     return _check_count(n_in, "n_in") * _check_count(n_out, "n_out")
 
 
 def lenet5_layer_macs() -> list[tuple[str, int]]:
-    """(name, MACs) of LeNet-5 on 1×28×28 MNIST inputs, in network order (spec §7.1, §5.1).
+    """(name, MACs) of LeNet-5 on 1×28×28 MNIST inputs, in network order (§7.1, §5.1).
 
-    conv 1→32 5×5 → pool 2 → conv 32→64 5×5 → pool 2 → flatten 64·4·4 → fc 1024→512 → fc 512→10.
+    conv 1→32 5×5 → pool 2 → conv 32→64 5×5 → pool 2 → flatten 64·4·4 → fc 1024→512 → fc 512→10,
+    as described by :func:`bbits_ref.method.architectures.lenet5`.
     """
-    hw1 = conv_output_hw(28, 5)                       # 24×24
-    hw2 = conv_output_hw(conv_output_hw(hw1, 2, 2), 5)  # pool 12×12, conv2 8×8
-    pooled = conv_output_hw(hw2, 2, 2)                # 4×4
-    flat = 64 * pooled[0] * pooled[1]                 # 1024
-    return [("conv1", conv_macs(1, 32, 5, hw1)),
-            ("conv2", conv_macs(32, 64, 5, hw2)),
-            ("fc1", linear_macs(flat, 512)),
-            ("fc2", linear_macs(512, 10))]
-
-
-def vgg7_widths(width: float = 1.0) -> tuple[int, int, int, int]:
-    """VGG-7's channel counts (128, 256, 512) and fc1 width (1024), each scaled by ``width``.
-
-    ``max(1, int(round(c * width)))``: ``width`` < 1 gives the small VGG-7s that fit a laptop.
-    """
-    width_ok = isinstance(width, numbers.Real) and not isinstance(width, bool)
-    if not width_ok or not np.isfinite(width) or width <= 0:
-        raise ValueError(f"width must be a positive number (1.0 = the paper's VGG-7); "
-                         f"got {width!r}")
-    c1, c2, c3, hidden = (max(1, int(round(c * width))) for c in (128, 256, 512, 1024))
-    return c1, c2, c3, hidden
+    return architectures.lenet5().layer_macs()
 
 
 def vgg7_layer_macs(width: float = 1.0) -> list[tuple[str, int]]:
-    """(name, MACs) of VGG-7 on 3×32×32 CIFAR-10 inputs, in network order (spec §7.2, §5.1).
+    """(name, MACs) of VGG-7 on 3×32×32 CIFAR-10 inputs, in network order (§7.2, §5.1).
 
     Six 3×3 convs with padding 1 (128, 128, pool, 256, 256, pool, 512, 512, pool), then
     fc (C·4·4)→1024 and fc 1024→10. ``width`` scales every hidden channel count and the fc1 width
-    (:func:`vgg7_widths`); the 3 input channels and the 10 classes stay fixed.
+    (:func:`vgg7_widths`); the 3 input channels and the 10 classes stay fixed.  The layers are
+    those of :func:`bbits_ref.method.architectures.vgg7`.
     """
-    c1, c2, c3, hidden = vgg7_widths(width)
-    layers, hw, c_prev = [], (32, 32), 3
-    for i, (c_out, pool_after) in enumerate([(c1, False), (c1, True), (c2, False), (c2, True),
-                                             (c3, False), (c3, True)], start=1):
-        hw = conv_output_hw(hw, 3, 1, 1)              # "same" conv: 3×3, padding 1
-        layers.append((f"conv{i}", conv_macs(c_prev, c_out, 3, hw)))
-        if pool_after:
-            hw = conv_output_hw(hw, 2, 2)
-        c_prev = c_out
-    layers.append(("fc1", linear_macs(c_prev * hw[0] * hw[1], hidden)))
-    layers.append(("fc2", linear_macs(hidden, 10)))
-    return layers
+    return architectures.vgg7(width).layer_macs()
 
 
 LENET5_LAYERS: list[tuple[str, int]] = lenet5_layer_macs()
 VGG7_LAYERS: list[tuple[str, int]] = vgg7_layer_macs(1.0)
 
 
-# --------------------------------------------------------------------------- per-layer cost (spec §5)
+# --------------------------------------------------------------------------- per-layer cost (§5)
 
 @dataclass
 class LayerCost:
-    """Cost of one conv/linear layer (spec §5): BOPs = MAC · b_w · b_a · keep_out · keep_in.
+    """Cost of one conv/linear layer (§5): BOPs = MAC · b_w · b_a · keep_out · keep_in.
 
     ``w_bits``: the weight bit width (one of 2, 4, 8, 16, 32) or an expected width E[b_w].
     ``a_bits``: the width of the activation that *feeds* this layer (8 for the first layer).
@@ -233,12 +204,12 @@ class LayerCost:
 
     @property
     def keep(self) -> float:
-        """keep(l) = keep_out · keep_in (spec §5)."""
+        """keep(l) = keep_out · keep_in (§5)."""
         return self.keep_out * self.keep_in
 
     @property
     def bops(self) -> float:
-        """BOPs_l = MAC_l · b_w · b_a · keep_out · keep_in (spec §5)."""
+        """BOPs_l = MAC_l · b_w · b_a · keep_out · keep_in (§5)."""
         return self.macs * self.w_bits * self.a_bits * self.keep_out * self.keep_in
 
     @property
@@ -260,7 +231,7 @@ def _check_layers(layers) -> list:
 
 
 def relative_bops(layers: list[LayerCost]) -> float:
-    """Relative BOPs in percent (spec §5): 100 · Σ_l BOPs_l / Σ_l (MAC_l · 32 · 32)."""
+    """Relative BOPs in percent (§5): 100 · Σ_l BOPs_l / Σ_l (MAC_l · 32 · 32)."""
     layers = _check_layers(layers)
     baseline = sum(layer.baseline_bops for layer in layers)   # exact integer arithmetic
     if baseline == 0:
@@ -270,7 +241,7 @@ def relative_bops(layers: list[LayerCost]) -> float:
 
 def sequential_layer_costs(layers, w_bits, out_a_bits, keep_out=None,
                            input_bits=INPUT_BITS) -> list[LayerCost]:
-    """LayerCosts of a plain chain of layers (LeNet-5, VGG-7), wiring inputs to outputs (spec §5).
+    """LayerCosts of a plain chain of layers (LeNet-5, VGG-7), wiring inputs to outputs (§5).
 
     ``layers``: (name, MACs) pairs in network order; ``w_bits``: one width per layer;
     ``out_a_bits``: the widths of the *output* quantizers of layers 0 … n−2 (the logits are kept in
@@ -296,7 +267,7 @@ def sequential_layer_costs(layers, w_bits, out_a_bits, keep_out=None,
 
 
 def uniform_relative_bops(macs: list[int], w_bits, a_bits, input_bits=INPUT_BITS) -> float:
-    """Relative BOPs (%) of a uniform w_bits/a_bits network without pruning (spec §5.1 table).
+    """Relative BOPs (%) of a uniform w_bits/a_bits network without pruning (§5.1 table).
 
     Every layer uses ``w_bits`` weights; every layer but the first is fed by ``a_bits``
     activations; the first layer is fed by the ``input_bits``-bit input. Integer widths 1…32 are
@@ -323,7 +294,7 @@ def uniform_relative_bops(macs: list[int], w_bits, a_bits, input_bits=INPUT_BITS
 # --------------------------------------------------------------------------- bit widths from gates
 
 def deterministic_bits(chain_gates01):
-    """Bit width selected by 0/1 gates (z4, z8, z16, z32) (spec §5).
+    """Bit width selected by 0/1 gates (z4, z8, z16, z32) (§5).
 
         n = 1 + q4 + q4·(q8 + q8·(q16 + q16·q32)),   b = 2**n ∈ {2, 4, 8, 16, 32}
 
@@ -352,12 +323,12 @@ def _width_probs(chain_probs) -> np.ndarray:
 
 
 def bit_width_distribution(chain_probs) -> dict[int, float]:
-    """P(effective bit width = b | z2 = 1) from chain probabilities (π4, π8, π16, π32) (spec §5).
+    """P(effective bit width = b | z2 = 1) from chain probabilities (π4, π8, π16, π32) (§5).
 
         P(b) = Π_{k≤b} π_k · (1 − π_next),   π_2 = 1 (given z2 = 1),  π_next = 0 after 32
 
     The five probabilities sum to 1. The π's are the conditional on-probabilities of an
-    autoregressive chain (spec §4.1), e.g. ``gate.prob_nonzero(chain_logits)``.
+    autoregressive chain (§4.1), e.g. ``gate.prob_nonzero(chain_logits)``.
     """
     probs = _width_probs(chain_probs)
     if probs.ndim != 1:
@@ -366,7 +337,7 @@ def bit_width_distribution(chain_probs) -> dict[int, float]:
 
 
 def expected_bits(chain_probs) -> float:
-    """E[b | z2 = 1] = Σ_b b·P(b) = 2 + 2π4 + 4π4π8 + 8π4π8π16 + 16π4π8π16π32 (spec §5)."""
+    """E[b | z2 = 1] = Σ_b b·P(b) = 2 + 2π4 + 4π4π8 + 8π4π8π16 + 16π4π8π16π32 (§5)."""
     probs = _width_probs(chain_probs)
     if probs.ndim != 1:
         raise ValueError(f"chain_probs must have shape (4,); got {probs.shape[:-1] + (4,)}")
@@ -399,13 +370,13 @@ def _bits_from(chain_or_bits, what: str, *, expected: bool) -> float:
 
 def deterministic_layer_cost(name, macs, w_chain_gates01, a_chain_gates01_or_bits,
                              out_gates01=None, in_gates01=None) -> LayerCost:
-    """The official, deterministic cost of one layer from its test-time 0/1 gates (spec §5).
+    """The official, deterministic cost of one layer from its test-time 0/1 gates (§5).
 
     ``w_chain_gates01``: (z4, z8, z16, z32) of the weight quantizer, or its width in BIT_WIDTHS.
     ``a_chain_gates01_or_bits``: the same for the activation quantizer feeding the layer (pass 8
     for the first layer). ``out_gates01``: this layer's z2 (one 0/1 per output channel; None for
     the last layer). ``in_gates01``: the previous layer's z2 (None for the first layer); for a
-    linear layer after a flatten, the previous conv's per-channel z2 (spec §5, LeNet-5 fc1).
+    linear layer after a flatten, the previous conv's per-channel z2 (§5, LeNet-5 fc1).
     """
     return LayerCost(name, macs,
                      _bits_from(w_chain_gates01, "w_chain_gates01", expected=False),
@@ -418,7 +389,7 @@ def expected_layer_cost(name, macs, w_chain_probs, a_chain_probs_or_bits, keep_o
                         keep_in_prob=1.0) -> LayerCost:
     """Expected cost of one layer: our ADDITION for monitoring, not computed by the official code.
 
-        E[BOPs_l] ≈ MAC_l · E[b_w]·E[keep_out] · E[b_a] · E[keep_in]        (spec §5)
+        E[BOPs_l] ≈ MAC_l · E[b_w]·E[keep_out] · E[b_a] · E[keep_in]        (§5)
 
     with E[b] from :func:`expected_bits`. ``a_chain_probs_or_bits`` is a (4,) array of chain
     probabilities, or a fixed width (8 for the first layer). ``keep_out_prob`` / ``keep_in_prob``:
@@ -438,7 +409,7 @@ def expected_layer_cost(name, macs, w_chain_probs, a_chain_probs_or_bits, keep_o
 def format_bops_table(layers: list[LayerCost]) -> str:
     """A per-layer text table: name, MACs, w bits, a bits, keep, BOPs, share of the total BOPs.
 
-    The last line gives the total and the relative BOPs (spec §5).
+    The last line gives the total and the relative BOPs (§5).
     """
     layers = _check_layers(layers)
     total = sum(layer.bops for layer in layers)

@@ -6,12 +6,12 @@ training z_b is a reparameterised relaxed sample, so the loss is differentiable 
 primitives of :mod:`bbits_ref.autograd.ops`, so gradients flow from a sample (or a probability) back to
 the logits without any gradient rule of its own.
 
-* :class:`HardConcrete`: the L0 paper's stretched and clamped binary concrete (spec §3.2–3.4),
+* :class:`HardConcrete`: the L0 paper's stretched and clamped binary concrete (docs/method.md §3.2–3.4),
   the default and the only gate of the official code.
-* :class:`GumbelSoftmax`: the binary concrete / relaxed Bernoulli of spec §3.7, optionally
+* :class:`GumbelSoftmax`: the binary concrete / relaxed Bernoulli of §3.7, optionally
   straight-through.
 * :func:`chain_gates`: the ordered visit of z4 → z8 → z16 → z32 with the code's hard cut at
-  φ ≤ −2 (spec §3.5).
+  φ ≤ −2 (§3.5).
 
 Randomness is explicit: ``sample`` takes the uniform noise ``u`` (draw it with
 :func:`uniform_noise`), so two implementations fed the same ``u`` must give the same ``z``.
@@ -20,24 +20,22 @@ Notebook: ``notebooks/03_gates.ipynb``.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
 
 from bbits_ref.autograd import ops
 from bbits_ref.autograd.engine import Tensor, get_default_dtype
+# τ (code: `hc_beta`), γ and ζ (`hc_gamma`, `hc_zeta`), the test-time threshold on P(z = 0)
+# (`hc_thres`), the φ ≤ −2 hard cut (§3.5), the clamp of u (L0 repo), the chain gates
+from bbits_ref.method.constants import (CHAIN_BITS, HARD_CUT_LOGIT, HC_GAMMA, HC_TEMPERATURE,
+                                        HC_THRESHOLD, HC_ZETA, NOISE_CLAMP)
 
 __all__ = [
     "HC_TEMPERATURE", "HC_GAMMA", "HC_ZETA", "HC_THRESHOLD", "HARD_CUT_LOGIT", "NOISE_CLAMP",
     "uniform_noise", "Gate", "HardConcrete", "GumbelSoftmax", "make_gate", "chain_gates",
 ]
-
-HC_TEMPERATURE = 2 / 3      # β_hc, `hc_beta`
-HC_GAMMA = -0.1             # lower stretch limit γ, `hc_gamma`
-HC_ZETA = 1.1               # upper stretch limit ζ, `hc_zeta`
-HC_THRESHOLD = 0.34         # test-time threshold on P(z = 0), `hc_thres`
-HARD_CUT_LOGIT = -2.0       # φ_b ≤ this cuts z_b and every higher gate (spec §3.5)
-NOISE_CLAMP = 1e-6          # u is clamped to [NOISE_CLAMP, 1 − NOISE_CLAMP] (L0 repo)
 
 
 # --------------------------------------------------------------------------- input handling
@@ -45,7 +43,7 @@ NOISE_CLAMP = 1e-6          # u is clamped to [NOISE_CLAMP, 1 − NOISE_CLAMP] (
 def uniform_noise(rng: np.random.Generator, shape, dtype=np.float64) -> np.ndarray:
     """Uniform noise u ~ U(0, 1) clamped to [1e−6, 1 − 1e−6], the input of every gate sample.
 
-    The clamp keeps log u − log(1 − u) finite (the L0 repository does the same; spec §3.2).
+    The clamp keeps log u − log(1 − u) finite (the L0 repository does the same; §3.2).
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator; got {type(rng).__name__}. "
@@ -119,7 +117,7 @@ class Gate:
 
     name: str = "gate"
     init_logit: float = 6.0
-    hard_cut_logit: float = HARD_CUT_LOGIT      # the official φ ≤ −2 (spec §3.5)
+    hard_cut_logit: float = HARD_CUT_LOGIT      # the official φ ≤ −2 (§3.5)
 
     def sample(self, logits, u) -> Tensor:
         raise NotImplementedError
@@ -138,18 +136,18 @@ class Gate:
 
 
 class HardConcrete(Gate):
-    """Hard-concrete gate of the L0 paper, as in the official code (spec §3.2–3.4).
+    """Hard-concrete gate of the L0 paper, as in the official code (§3.2–3.4).
 
     Sample (training), with L = log u − log(1 − u)::
 
-        s = sigmoid((L + φ) / β),   s̄ = s·(ζ − γ) + γ,   z = min(1, max(0, s̄))
-        ∂z/∂φ = (ζ − γ)·s(1 − s)/β  if 0 < s̄ < 1, else 0
+        s = sigmoid((L + φ) / τ),   s̄ = s·(ζ − γ) + γ,   z = min(1, max(0, s̄))
+        ∂z/∂φ = (ζ − γ)·s(1 − s)/τ  if 0 < s̄ < 1, else 0
 
-    Probability of a non-zero gate (the regularizer's π, spec §3.3)::
+    Probability of a non-zero gate (the regularizer's π, §3.3)::
 
-        π(φ) = P(z ≠ 0) = sigmoid(φ − β·log(−γ/ζ)) = sigmoid(φ + 1.598597)
+        π(φ) = P(z ≠ 0) = sigmoid(φ − τ·log(−γ/ζ)) = sigmoid(φ + 1.598597)
 
-    Test-time gate (spec §3.4): z = 1 iff P(z = 0) < t (t = 0.34) ⇔ φ > −0.935303.
+    Test-time gate (§3.4): z = 1 iff P(z = 0) < t (t = 0.34) ⇔ φ > −0.935303.
     """
 
     name = "hard_concrete"
@@ -166,7 +164,7 @@ class HardConcrete(Gate):
             raise ValueError(f"threshold is a probability of z = 0 and must lie in (0, 1); got "
                              f"{threshold!r} (the code uses 0.34)")
         self.gamma, self.zeta, self.threshold = float(gamma), float(zeta), float(threshold)
-        # β·log(−γ/ζ) = −1.598597 for the defaults: P(z ≠ 0) = sigmoid(φ − offset).
+        # τ·log(−γ/ζ) = −1.598597 for the defaults: P(z ≠ 0) = sigmoid(φ − offset).
         self.prob_offset = self.temperature * math.log(-self.gamma / self.zeta)
 
     def __repr__(self) -> str:
@@ -174,39 +172,39 @@ class HardConcrete(Gate):
                 f"zeta={self.zeta}, threshold={self.threshold})")
 
     def sample(self, logits, u) -> Tensor:
-        """z = clip(sigmoid((log u − log(1−u) + φ)/β)·(ζ − γ) + γ, 0, 1); u clamped to [1e−6, 1−1e−6]."""
+        """z = clip(sigmoid((log u − log(1−u) + φ)/τ)·(ζ − γ) + γ, 0, 1); u clamped to [1e−6, 1−1e−6]."""
         logits = _as_logits(logits)
         s = ops.sigmoid((_logistic_noise(u, logits) + logits) / self.temperature)
         # ops.clip passes the gradient only strictly inside (0, 1): a clamped gate gets none.
         return ops.clip(s * (self.zeta - self.gamma) + self.gamma, lo=0.0, hi=1.0)
 
     def prob_nonzero(self, logits) -> Tensor:
-        """π(φ) = P(z ≠ 0) = sigmoid(φ − β·log(−γ/ζ))   (spec §3.3, code `hc_prob_pos`)."""
+        """π(φ) = P(z ≠ 0) = sigmoid(φ − τ·log(−γ/ζ))   (§3.3, code `hc_prob_pos`)."""
         return ops.sigmoid(_as_logits(logits) - self.prob_offset)
 
     def prob_zero(self, logits) -> Tensor:
-        """P(z = 0) = sigmoid(β·log(−γ/ζ) − φ) = 1 − π(φ)."""
+        """P(z = 0) = sigmoid(τ·log(−γ/ζ) − φ) = 1 − π(φ)."""
         return ops.sigmoid(self.prob_offset - _as_logits(logits))
 
     def prob_one(self, logits) -> Tensor:
-        """P(z = 1) = P(s̄ ≥ 1) = sigmoid(φ − β·log((1 − γ)/(ζ − 1)))  (≈ 0.988 at φ = 6)."""
+        """P(z = 1) = P(s̄ ≥ 1) = sigmoid(φ − τ·log((1 − γ)/(ζ − 1)))  (≈ 0.988 at φ = 6)."""
         return ops.sigmoid(_as_logits(logits)
                            - self.temperature * math.log((1 - self.gamma) / (self.zeta - 1)))
 
     def deterministic(self, logits) -> np.ndarray:
-        """Test-time gate 1[P(z = 0) < threshold]   (spec §3.4, code `get_gates` eval branch)."""
+        """Test-time gate 1[P(z = 0) < threshold]   (§3.4, code `get_gates` eval branch)."""
         p_zero = self.prob_zero(_as_logits(logits).detach()).data
         return (p_zero < self.threshold).astype(p_zero.dtype)
 
     def threshold_logit(self) -> float:
-        """φ where P(z = 0) = threshold: β·log(−γ/ζ) + log((1 − t)/t) = −0.935303 by default."""
+        """φ where P(z = 0) = threshold: τ·log(−γ/ζ) + log((1 − t)/t) = −0.935303 by default."""
         return self.prob_offset + math.log((1 - self.threshold) / self.threshold)
 
     # -- the distribution of z, for plots (NumPy, no gradient)
     def cdf(self, z, logits) -> np.ndarray:
         """P(Z ≤ z) for z in [0, 1): P(z=0) + the continuous part; 1 at z ≥ 1.
 
-        P(Z ≤ z) = sigmoid(β·logit((z − γ)/(ζ − γ)) − φ) for 0 ≤ z < 1.
+        P(Z ≤ z) = sigmoid(τ·logit((z − γ)/(ζ − γ)) − φ) for 0 ≤ z < 1.
         """
         z, phi = np.broadcast_arrays(np.asarray(z, dtype=np.float64),
                                      _logits_float64(logits))
@@ -219,7 +217,7 @@ class HardConcrete(Gate):
     def pdf(self, z, logits) -> np.ndarray:
         """Density of the continuous part of Z on (0, 1) (the point masses at 0 and 1 excluded).
 
-        d/dz CDF = σ(x)(1 − σ(x))·β / (a(1 − a)(ζ − γ)),  a = (z − γ)/(ζ − γ),  x = β·logit(a) − φ.
+        d/dz CDF = σ(x)(1 − σ(x))·τ / (a(1 − a)(ζ − γ)),  a = (z − γ)/(ζ − γ),  x = τ·logit(a) − φ.
         """
         z, phi = np.broadcast_arrays(np.asarray(z, dtype=np.float64),
                                      _logits_float64(logits))
@@ -231,7 +229,7 @@ class HardConcrete(Gate):
 
 
 class GumbelSoftmax(Gate):
-    """Binary concrete (relaxed Bernoulli) gate, the rebuttal's alternative (spec §3.7).
+    """Binary concrete (relaxed Bernoulli) gate, the rebuttal's alternative (§3.7).
 
     Sample: z = sigmoid((φ + log u − log(1 − u))/τ) ∈ (0, 1), no stretch, no clamp.
     Straight-through variant: forward 1[z > 0.5], backward the gradient of the soft z.
@@ -288,6 +286,17 @@ class GumbelSoftmax(Gate):
 _GATES = {"hard_concrete": HardConcrete, "gumbel_softmax": GumbelSoftmax}
 
 
+#: The gate distributions a quantizer can use.
+GATE_KINDS = tuple(_GATES)
+
+
+def gate_option_names(kind: str) -> tuple:
+    """The keyword options the gate ``kind`` accepts (its constructor's parameters)."""
+    if kind not in _GATES:
+        raise ValueError(f"unknown gate kind {kind!r}; choose one of {sorted(_GATES)}")
+    return tuple(inspect.signature(_GATES[kind]).parameters)
+
+
 def make_gate(kind: str = "hard_concrete", **kwargs) -> Gate:
     """Build a gate by name: ``"hard_concrete"`` (the code) or ``"gumbel_softmax"`` (§3.7)."""
     if kind not in _GATES:
@@ -297,11 +306,8 @@ def make_gate(kind: str = "hard_concrete", **kwargs) -> Gate:
 
 # --------------------------------------------------------------------------- the chain
 
-CHAIN_BITS = (4, 8, 16, 32)
-
-
 def chain_gates(gate: Gate, chain_logits, u, *, training: bool, hard_cut: bool = True) -> list:
-    """The gates z4, z8, z16, z32 of one quantizer, visited in order (spec §3.5).
+    """The gates z4, z8, z16, z32 of one quantizer, visited in order (§3.5).
 
     Parameters
     ----------

@@ -1,14 +1,14 @@
-"""Bayesian Bits quantizers as modules, and the quantized layers built from them (spec §1, §3, §6).
+"""Bayesian Bits quantizers as modules, and the quantized layers built from them (docs/method.md §1, §3, §6).
 
 * :class:`BBQuantizer` — one quantizer: a learned range β (created lazily from the first tensor
-  it sees, spec §2.1), the chain gate logits (φ4, φ8, φ16, φ32) and, for weight tensors with
+  it sees, §2.1), the chain gate logits (φ4, φ8, φ16, φ32) and, for weight tensors with
   pruning, one pruning logit φ2 per output channel.  In training it samples one gate value per
-  gate per forward pass from uniform noise it is given (spec §3.2); in evaluation it uses the
-  deterministic test-time gates (spec §3.4).
+  gate per forward pass from uniform noise it is given (§3.2); in evaluation it uses the
+  deterministic test-time gates (§3.4).
 * :class:`QConv2d`, :class:`QLinear` — conv / linear with a weight quantizer, optional ReLU and an
-  activation quantizer after the ReLU (spec §6).  Biases are neither quantized nor gated.
+  activation quantizer after the ReLU (§6).  Biases are neither quantized nor gated.
 * :class:`QConv2dBN`, :class:`QLinearBN` — the same with batch norm folded into the quantized
-  weight and corrected by batch statistics from a second, full-precision pass (spec §6).
+  weight and corrected by batch statistics from a second, full-precision pass (§6).
 
 Configuration (gate type, presets, ablations) is one :class:`BBConfig`.  Notebook:
 ``notebooks/06_lenet5_mnist.ipynb``.
@@ -23,6 +23,7 @@ from bbits_ref.method import bops
 from bbits_ref.autograd import ops
 from bbits_ref.method import prior
 from bbits_ref.method import gates as gates_mod
+from bbits_ref._errors import UsageError
 from bbits_ref.autograd.engine import Tensor
 from bbits_ref.autograd.nn import BatchNorm1d, BatchNorm2d, Conv2d, Linear, Module, Parameter, as_generator
 from bbits_ref.method.quantizer import CLIP_MODES, bb_quantize, check_bits, gates_for_bits, init_range
@@ -30,13 +31,19 @@ from bbits_ref.method.quantizer import CLIP_MODES, bb_quantize, check_bits, gate
 __all__ = ["BBConfig", "GATE_PRESETS", "BBQuantizer", "QConv2d", "QLinear", "QConv2dBN",
            "QLinearBN", "QuantizedLayer"]
 
-#: Initial chain logits (φ4, φ8, φ16, φ32) of the official README runs (spec §3.1).
+#: Initial chain logits (φ4, φ8, φ16, φ32) of the official README runs (§3.1).
 GATE_PRESETS = {
     "mnist": (6.0, 6.0, -6.0, -6.0),      # at most 8 bits: z16, z32 start (and stay) cut
     "cifar10": (6.0, 6.0, 6.0, 6.0),
     "imagenet": (6.0, 6.0, 6.0, -6.0),
 }
 PRIOR_KINDS = ("autoregressive", "independent")
+REG_TYPES = prior.REG_TYPES          # a module-level name: inside BBConfig, `prior` is a field
+
+
+def _is_finite_number(value) -> bool:
+    return (isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+            and bool(np.isfinite(value)))
 
 
 @dataclass(frozen=True)
@@ -48,59 +55,88 @@ class BBConfig:
 
     Attributes
     ----------
-    gate : "hard_concrete" (official) or "gumbel_softmax" (spec §3.7).
+    gate : "hard_concrete" (official) or "gumbel_softmax" (§3.7).
     gate_options : keyword arguments for the gate (temperature, straight_through, ...).
     chain_init : initial (φ4, φ8, φ16, φ32), hard-concrete scale; a preset name from
         :data:`GATE_PRESETS` is accepted.  For Gumbel-softmax gates the logits are shifted by
-        +1.598597 so the initial P(z = 1) equals the hard-concrete P(z ≠ 0) (spec §3.7).
+        +1.598597 so the initial P(z = 1) equals the hard-concrete P(z ≠ 0) (§3.7).
     prune_init : initial φ2 for every output channel (6.0 in the official code).
-    hard_cut : the official φ ≤ −2 hard cut of z4…z32 (spec §3.5).
-    clip : "official" (ReLU form, bit-exact) or "numpy" (np.clip), spec §2.3a.
+    hard_cut : the official φ ≤ −2 hard cut of z4…z32 (§3.5).
+    clip : "official" (ReLU form, bit-exact) or "numpy" (np.clip), §2.3a.
     pruning : False gives the *quantization-only* ablation (z2 ≡ 1).
     learn_bits : False gives the *pruning-only* ablation: bit widths fixed at ``weight_bits`` /
         ``act_bits``, only z2 is learned.
     quantize : False gives a full-precision network (no quantizers at all).
     weight_bits, act_bits : fixed bit widths for ``learn_bits=False``; with ``pruning=False`` too,
         this is the *uniform fixed-bit* baseline.
-    prior : "autoregressive" (official) or "independent" (ablation, spec §4).
+    prior : "autoregressive" (official) or "independent" (ablation, §4).
     reg_type : "bop" (README runs) or "const" (every gate costs 1).
     """
 
-    gate: str = "hard_concrete"
-    gate_options: dict = field(default_factory=dict)
-    chain_init: tuple | str = "mnist"
-    prune_init: float = 6.0
-    hard_cut: bool = True
-    clip: str = "official"
-    pruning: bool = True
-    learn_bits: bool = True
-    quantize: bool = True
-    weight_bits: int | None = None
-    act_bits: int | None = None
-    prior: str = "autoregressive"
-    reg_type: str = "bop"
+    # ``metadata`` describes the command-line flag (bbits_ref/cli/options.py derives it from here).
+    gate: str = field(default="hard_concrete", metadata={
+        "help": "gate distribution", "choices": gates_mod.GATE_KINDS})
+    gate_options: dict = field(default_factory=dict, metadata={"cli": False})
+    chain_init: tuple | str = field(default="mnist", metadata={
+        "help": "initial gate logits (default: the dataset's)", "flag": "--gate-preset",
+        "choices": tuple(GATE_PRESETS)})
+    prune_init: float = field(default=6.0, metadata={"help": "initial pruning logit φ2"})
+    hard_cut: bool = field(default=True, metadata={"help": "the official φ ≤ −2 hard cut"})
+    clip: str = field(default="official", metadata={
+        "help": "clip formula: official (bit-exact ReLU form) or numpy", "choices": CLIP_MODES})
+    pruning: bool = field(default=True, metadata={"cli": False})
+    learn_bits: bool = field(default=True, metadata={"cli": False})
+    quantize: bool = field(default=True, metadata={"cli": False})
+    weight_bits: int | None = field(default=None, metadata={"cli": False})
+    act_bits: int | None = field(default=None, metadata={"cli": False})
+    prior: str = field(default="autoregressive", metadata={
+        "help": "prior over the gates", "choices": PRIOR_KINDS})
+    reg_type: str = field(default="bop", metadata={
+        "help": "bop: gates cost their BOPs; const: every gate costs 1",
+        "choices": REG_TYPES})
 
     def __post_init__(self) -> None:
         if isinstance(self.chain_init, str):
             if self.chain_init not in GATE_PRESETS:
-                raise ValueError(f"unknown gate preset {self.chain_init!r}; choose one of "
+                raise UsageError(f"unknown gate preset {self.chain_init!r}; choose one of "
                                  f"{sorted(GATE_PRESETS)} or give four logits (φ4, φ8, φ16, φ32)")
-        elif len(self.chain_init) != 4:
-            raise ValueError(f"chain_init needs four logits (φ4, φ8, φ16, φ32); got "
+        elif (not isinstance(self.chain_init, (tuple, list)) or len(self.chain_init) != 4
+              or not all(_is_finite_number(v) for v in self.chain_init)):
+            raise UsageError(f"chain_init needs four finite logits (φ4, φ8, φ16, φ32); got "
                              f"{self.chain_init!r}")
-        if self.prior not in PRIOR_KINDS:
-            raise ValueError(f"prior must be one of {PRIOR_KINDS}; got {self.prior!r}")
-        if self.reg_type not in prior.REG_TYPES:
-            raise ValueError(f"reg_type must be 'bop' or 'const'; got {self.reg_type!r}")
-        if self.clip not in CLIP_MODES:
-            raise ValueError(f"clip must be 'official' or 'numpy'; got {self.clip!r}")
+        if not _is_finite_number(self.prune_init):
+            raise UsageError(f"prune_init must be a finite number; got {self.prune_init!r}")
+        for name in ("hard_cut", "pruning", "learn_bits", "quantize"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"{name} must be true or false; got {getattr(self, name)!r}")
+        for name, value, choices in (("gate", self.gate, gates_mod.GATE_KINDS),
+                                     ("prior", self.prior, PRIOR_KINDS),
+                                     ("reg_type", self.reg_type, REG_TYPES),
+                                     ("clip", self.clip, CLIP_MODES)):
+            if value not in choices:
+                raise UsageError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        for name in ("weight_bits", "act_bits"):
+            bits = getattr(self, name)
+            if bits is not None:
+                try:
+                    check_bits(bits)
+                except (TypeError, ValueError) as exc:
+                    raise UsageError(f"{name}: {exc}") from None
         if self.quantize and not self.learn_bits:
             for name in ("weight_bits", "act_bits"):
-                bits = getattr(self, name)
-                if bits is None:
-                    raise ValueError(f"learn_bits=False needs fixed bit widths: set {name}")
-                check_bits(bits)
-        gates_mod.make_gate(self.gate, **self.gate_options)   # validates the gate settings
+                if getattr(self, name) is None:
+                    raise UsageError(f"learn_bits=False needs fixed bit widths: set {name}")
+        accepted = gates_mod.gate_option_names(self.gate)
+        unknown = sorted(set(self.gate_options) - set(accepted))
+        if unknown:
+            hint = (" (straight-through applies to Gumbel-softmax gates: add gate='gumbel_softmax')"
+                    if "straight_through" in unknown else "")
+            raise UsageError(f"{self.gate} gates take the options {', '.join(accepted)}; got "
+                             f"{', '.join(unknown)}{hint}")
+        try:
+            gates_mod.make_gate(self.gate, **self.gate_options)   # validates the option values
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"invalid {self.gate} gate option: {exc}") from None
 
     @property
     def chain_logits(self) -> np.ndarray:
@@ -124,12 +160,12 @@ class BBConfig:
 
 
 def _fixed_chain(bits: int) -> np.ndarray:
-    """0/1 chain gates (z4, z8, z16, z32) that select ``bits`` (spec §2.7)."""
+    """0/1 chain gates (z4, z8, z16, z32) that select ``bits`` (§2.7)."""
     return np.array(gates_for_bits(bits))
 
 
 class BBQuantizer(Module):
-    """One Bayesian Bits quantizer for a weight tensor or an activation (spec §1–§3).
+    """One Bayesian Bits quantizer for a weight tensor or an activation (§1–§3).
 
     Parameters
     ----------
@@ -151,10 +187,10 @@ class BBQuantizer(Module):
         self.gate = gates_mod.make_gate(config.gate, **config.gate_options)
         self.beta: Parameter | None = None
         # -1: not initialised yet, 0: unsigned (α = 0), 1: signed (α = −β); a buffer so that
-        # checkpoints carry it (spec §2.1).
+        # checkpoints carry it (§2.1).
         self.register_buffer("signed_flag", np.array(-1, dtype=np.int8))
         self.fixed_bits = fixed_bits
-        self.mac_weight = 1.0           # MAC_t / MAC_max, set by the model (spec §4.4)
+        self.mac_weight = 1.0           # MAC_t / MAC_max, set by the model (§4.4)
         self.noise: dict | None = None  # uniform noise for the next training forward
         self.fixed_gates = False        # True: deterministic gates in training too (fine-tuning)
         self.gate_logits = (Parameter(config.chain_logits.astype(dtype)) if config.learn_bits
@@ -180,7 +216,7 @@ class BBQuantizer(Module):
 
     # -- range
     def initialize_range(self, x: np.ndarray) -> None:
-        """β ← max(max(x), 0) and signed ← min(x) < 0, from the first tensor seen (spec §2.1)."""
+        """β ← max(max(x), 0) and signed ← min(x) < 0, from the first tensor seen (§2.1)."""
         x = np.asarray(x)
         beta, signed = init_range(x)
         if not beta > 0:
@@ -235,7 +271,7 @@ class BBQuantizer(Module):
 
     # -- prior
     def chain_probs(self) -> Tensor:
-        """q(z_b ≠ 0 | z_{b/2} = 1) for b = 4…32, differentiable in the logits (spec §3.3)."""
+        """q(z_b ≠ 0 | z_{b/2} = 1) for b = 4…32, differentiable in the logits (§3.3)."""
         if self.gate_logits is None:
             return Tensor(_fixed_chain(self.fixed_bits).astype(self.dtype))
         return self.gate.prob_nonzero(self.gate_logits)
@@ -244,7 +280,7 @@ class BBQuantizer(Module):
         return None if self.prune_logits is None else self.gate.prob_nonzero(self.prune_logits)
 
     def regularizer(self) -> Tensor:
-        """R_t of spec §4.3 (or the independent-prior ablation), weighted by ``mac_weight``."""
+        """R_t of §4.3 (or the independent-prior ablation), weighted by ``mac_weight``."""
         fn = (prior.bop_regularizer if self.config.prior == "autoregressive"
               else prior.independent_regularizer)
         return fn(self.prune_probs(), self.chain_probs(), self.mac_weight,
@@ -252,7 +288,7 @@ class BBQuantizer(Module):
 
     # -- deterministic view (no gradients)
     def deterministic_chain(self) -> np.ndarray:
-        """Test-time (z4, z8, z16, z32) as 0/1, with the hard cut applied (spec §3.4–§3.5)."""
+        """Test-time (z4, z8, z16, z32) as 0/1, with the hard cut applied (§3.4–§3.5)."""
         if self.gate_logits is None:
             return _fixed_chain(self.fixed_bits)
         vals = gates_mod.chain_gates(self.gate, self.gate_logits, None, training=False,
@@ -290,14 +326,14 @@ class QuantizedLayer(Module):
         return w if self.weight_quantizer is None else self.weight_quantizer(w)
 
     def finish(self, y: Tensor) -> Tensor:
-        """ReLU, then the activation quantizer (spec §6: quantize after the nonlinearity)."""
+        """ReLU, then the activation quantizer (§6: quantize after the nonlinearity)."""
         if self.relu:
             y = ops.relu(y)
         return y if self.act_quantizer is None else self.act_quantizer(y)
 
 
 class QConv2d(QuantizedLayer):
-    """Conv2d → (+bias) → ReLU → activation quantizer, with a BB weight quantizer (spec §6)."""
+    """Conv2d → (+bias) → ReLU → activation quantizer, with a BB weight quantizer (§6)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *, rng,
                  config: BBConfig, relu=True, act_quant=True, prune=True, bias=True,
@@ -312,7 +348,7 @@ class QConv2d(QuantizedLayer):
         self._make_quantizers(out_channels, config, prune, act_quant, dtype)
 
     def out_shape(self, in_shape: tuple) -> tuple:
-        """(C, H, W) → (C_out, H_out, W_out); also records the layer's MACs (spec §4.4)."""
+        """(C, H, W) → (C_out, H_out, W_out); also records the layer's MACs (§4.4)."""
         hw = bops.conv_output_hw(in_shape[1:], self.kernel_size, self.stride, self.padding)
         self.macs = bops.conv_macs(in_shape[0], self.out_channels, self.kernel_size, hw)
         return (self.out_channels, *hw)
@@ -329,7 +365,7 @@ class QConv2d(QuantizedLayer):
 
 
 class QLinear(QuantizedLayer):
-    """Linear → (+bias) → [ReLU → activation quantizer], with a BB weight quantizer (spec §6)."""
+    """Linear → (+bias) → [ReLU → activation quantizer], with a BB weight quantizer (§6)."""
 
     def __init__(self, in_features, out_features, *, rng, config: BBConfig, relu=True,
                  act_quant=True, prune=True, bias=True, dtype=np.float32) -> None:
@@ -341,7 +377,7 @@ class QLinear(QuantizedLayer):
         self._make_quantizers(out_features, config, prune, act_quant, dtype)
 
     def out_shape(self, in_shape: tuple) -> tuple:
-        """(in_features,) → (out_features,); also records the layer's MACs (spec §4.4)."""
+        """(in_features,) → (out_features,); also records the layer's MACs (§4.4)."""
         self.macs = bops.linear_macs(self.in_features, self.out_features)
         return (self.out_features,)
 
@@ -353,12 +389,15 @@ class QLinear(QuantizedLayer):
 
 
 class _FoldedBN(QuantizedLayer):
-    """Batch norm folded into the quantized weight, corrected by batch statistics (spec §6).
+    """Batch norm folded into the quantized weight, corrected by batch statistics (§6).
 
-    Training: y = op(x, Q(W·γ/σ_run))·(σ_run/σ_B) + (β_bn − γ·μ_B/σ_B), where μ_B and σ_B (biased
-    variance + eps) come from a second, full-precision op with the raw W, and the running
-    statistics are updated with the unbiased variance (momentum 0.1).
-    Evaluation: y = op(x, Q(W·γ/σ_run)) + (β_bn − γ·μ_run/σ_run).
+    With the batch norm's scale and shift (``bn.weight``, ``bn.bias``; written in words, since γ
+    and β name the hard-concrete stretch limit and the quantizer's range in this package):
+
+    Training: y = op(x, Q(W·scale/σ_run))·(σ_run/σ_B) + (shift − scale·m_B/σ_B), where the batch
+    mean m_B and σ_B (biased variance + eps) come from a second, full-precision op with the raw W,
+    and the running statistics are updated with the unbiased variance (momentum 0.1).
+    Evaluation: y = op(x, Q(W·scale/σ_run)) + (shift − scale·m_run/σ_run).
     The layer has no bias of its own; the folded shift is neither quantized nor gated.
     """
 

@@ -1,12 +1,12 @@
-"""The gate prior: KL divergences and the BOP-weighted regularizer of the official code (spec §4).
+"""The gate prior: KL divergences and the BOP-weighted regularizer of the official code (docs/method.md §4).
 
 Bayesian Bits puts an autoregressive Bernoulli prior on the gate chain z2 → z4 → … → z32: a gate
 can be on only if its parent is, p(z_b = 1 | parent on) = e^{−λ_b}.  With a posterior of the same
-structure, q(z_b = 1 | parent on) = π_b, the KL divergence reduces to (spec §4.2)
+structure, q(z_b = 1 | parent on) = π_b, the KL divergence reduces to (§4.2)
 
     KL = Σ_b (Π_{k<b} π_k) · KL(Bern(π_b) ‖ Bern(e^{−λ_b}))  ≈  Σ_b λ_b · Π_{k≤b} π_k,
 
-and the code uses the right-hand side with λ_b ∝ b·MAC_t/MAC_max (spec §4.3–4.4): each gate costs
+and the code uses the right-hand side with λ_b ∝ b·MAC_t/MAC_max (§4.3–4.4): each gate costs
 its bit width times the probability that the chain is on up to it.  That product is what makes
 the prior *autoregressive*; :func:`independent_regularizer` drops it, for the ablation.
 
@@ -25,13 +25,12 @@ import numpy as np
 from bbits_ref.autograd import ops
 from bbits_ref.autograd.engine import Tensor, get_default_dtype
 from bbits_ref.method.gates import CHAIN_BITS      # (4, 8, 16, 32): the scalar gates of every quantizer
-from bbits_ref.method.quantizer import BIT_WIDTHS
+from bbits_ref.method.constants import BIT_WIDTHS, REG_TYPES
 
 __all__ = ["mac_weights", "kl_bernoulli", "autoregressive_kl", "bop_regularizer",
            "independent_regularizer", "prior_strengths", "prior_conditionals", "chain_configurations",
            "chain_pmf", "REG_TYPES", "PRUNED_BITS", "CHAIN_BITS"]
 
-REG_TYPES = ("bop", "const")
 PRUNED_BITS = BIT_WIDTHS          # the gates of a weight tensor with pruning: z2, z4, …, z32
 
 
@@ -90,7 +89,7 @@ def _check_chain(prob_z2, chain_probs):
 # --------------------------------------------------------------------------- prior strengths
 
 def mac_weights(macs: dict) -> dict:
-    """w_t = MAC_t / MAC_max for every quantizer t (spec §4.4).
+    """w_t = MAC_t / MAC_max for every quantizer t (§4.4).
 
     ``macs`` maps a quantizer name to its MAC count: the layer's MACs for a weight quantizer, the
     summed MACs of the consuming layers for an activation quantizer.
@@ -107,7 +106,7 @@ def mac_weights(macs: dict) -> dict:
 
 
 def prior_strengths(mu, mac_weight, bits=PRUNED_BITS) -> np.ndarray:
-    """λ_{t,b} = μ·b·w_t for each gate bit width b (spec §4.4); float64 array of len(bits)."""
+    """λ_{t,b} = μ·b·w_t for each gate bit width b (§4.4); float64 array of len(bits)."""
     if not (isinstance(mu, Real) and math.isfinite(mu) and mu >= 0):
         raise ValueError(f"mu (the regularization strength, --gating-lambda) must be a "
                          f"non-negative number; got {mu!r}")
@@ -150,7 +149,7 @@ def _chain_products(probs: list) -> list:
 
 
 def autoregressive_kl(chain_probs, lambdas, exact: bool = True) -> Tensor:
-    """KL between the autoregressive gate posterior and prior, summed over the chain (spec §4.2).
+    """KL between the autoregressive gate posterior and prior, summed over the chain (§4.2).
 
     exact=True:   Σ_b (Π_{k<b} π_k) · KL(Bern(π_b) ‖ Bern(e^{−λ_b}))
     exact=False:  Σ_b λ_b · Π_{k≤b} π_k   (the entropy and log(1 − e^{−λ}) terms dropped)
@@ -176,13 +175,13 @@ def autoregressive_kl(chain_probs, lambdas, exact: bool = True) -> Tensor:
         on_before = [None] + on_through[:-1]                        # Π_{k<b} π_k (1 for b = first)
         terms = [kl[..., b] if before is None else before * kl[..., b]
                  for b, before in enumerate(on_before)]
-    return ops.sum(ops.stack(*terms, axis=-1), axis=-1)
+    return ops.reduce_sum(ops.stack(*terms, axis=-1), axis=-1)
 
 
 # --------------------------------------------------------------------------- regularizers
 
 def bop_regularizer(prob_z2, chain_probs, mac_weight, *, reg_type: str = "bop") -> Tensor:
-    """The code's per-quantizer regularizer R_t (spec §4.3), a scalar Tensor.
+    """The code's per-quantizer regularizer R_t (§4.3), a scalar Tensor.
 
     With pruning (``prob_z2`` of shape (C,), a weight tensor), c(b) = w_t·b::
 
@@ -193,7 +192,7 @@ def bop_regularizer(prob_z2, chain_probs, mac_weight, *, reg_type: str = "bop") 
 
         R_t = 1 + c(4)π_4 + c(8)π_4π_8 + c(16)π_4π_8π_16 + c(32)π_4π_8π_16π_32
 
-    ``reg_type="const"`` sets every c(b) = 1.  The terms of hard-cut gates stay in (spec §4.3).
+    ``reg_type="const"`` sets every c(b) = 1.  The terms of hard-cut gates stay in (§4.3).
     The sums are evaluated in the order written, per channel, then averaged (the code's arithmetic).
     """
     prob_z2, chain_probs = _check_chain(prob_z2, chain_probs)
@@ -237,7 +236,7 @@ def independent_regularizer(prob_z2, chain_probs, mac_weight, *, reg_type: str =
 # --------------------------------------------------------------------------- the prior, explicitly
 
 def prior_conditionals(lambdas) -> np.ndarray:
-    """p(z_b = 1 | parent on) = e^{−λ_b} for every gate of the chain (spec §4.1)."""
+    """p(z_b = 1 | parent on) = e^{−λ_b} for every gate of the chain (§4.1)."""
     lam = np.asarray(lambdas, dtype=np.float64)
     if lam.ndim != 1 or not np.all(np.isfinite(lam)) or np.any(lam < 0):
         raise ValueError(f"lambdas must be a 1-D array of finite values ≥ 0; got {lambdas!r}")
@@ -252,7 +251,7 @@ def chain_configurations(n: int) -> np.ndarray:
 
 
 def chain_pmf(conditionals) -> tuple[np.ndarray, np.ndarray]:
-    """The autoregressive distribution over gate configurations (spec §4.1).
+    """The autoregressive distribution over gate configurations (§4.1).
 
     ``conditionals[b]`` is the probability that gate b is on given its parent is on (the prior's
     e^{−λ_b}, or the posterior's π_b); the first gate has no parent.  A gate whose parent is off is

@@ -1,6 +1,6 @@
-"""The Bayesian Bits quantizer: clip, chained step sizes, gated residual decomposition (spec §2).
+"""The Bayesian Bits quantizer: clip, chained step sizes, gated residual decomposition (docs/method.md §2).
 
-For a tensor x with learned range β > 0 (spec §2.1–2.5)::
+For a tensor x with learned range β > 0 (§2.1–2.5)::
 
     hi = (1 − ε)·β,   lo = −hi (signed) or 0 (unsigned),   ε = 1e−7
     x_c = hi − relu(hi − lo − relu(x − lo))                  the official two-ReLU clip
@@ -12,19 +12,19 @@ For a tensor x with learned range β > 0 (spec §2.1–2.5)::
 
 R is round-half-to-even with the straight-through estimator (identity gradient).  The arithmetic
 follows the official code literally, so that this module is the bit-exact ground truth of
-spec §2.3a; ``clip="numpy"`` swaps in ``np.clip`` (same values except, rarely, at exact rounding
+§2.3a; ``clip="numpy"`` swaps in ``np.clip`` (same values except, rarely, at exact rounding
 ties, where the ReLU form moves x_c by a few ulps of hi and flips the rounded value).
 
 Two implementations of the same function:
 
 * :func:`bb_quantize` calls one fused engine primitive, ``"bb_quantize"``, whose vector-Jacobian
-  products are the closed forms of spec §2.6.  This is what the layers use: the activation
+  products are the closed forms of §2.6.  This is what the layers use: the activation
   after conv1 of LeNet-5 has 2.4M values per step, too many for a chain of ~25 engine ops.
 * :func:`bb_quantize_composite` writes the formula with engine primitives only (``maximum``,
   ``sub``, ``div``, ``round_ste``, ``mul``, ``add``), so autograd runs through it literally.  The
   tests use it to cross-check the fused primitive; notebooks use it to show where gradients go.
 
-Gradients of the fused primitive (spec §2.6), with ``inside = 1[lo < x < hi]``::
+Gradients of the fused primitive (§2.6), with ``inside = 1[lo < x < hi]``::
 
     ∂L/∂x   = g·z2·inside                          residuals add nothing: ∂e_k/∂x_c = 1 − 1 = 0
     ∂L/∂β   = Σ g·(x_q − z2·x_c·inside)/β          = Σ g·((x_q − z2·x_c)/β + z2·∂x_c/∂β)
@@ -42,7 +42,7 @@ x, 1 − ε for β).  We follow the official chain rule.
 
 A gate whose value is exactly 0 switches its residual and every higher one off.  As in the
 official code, they are then not computed at all, so the gradient with respect to that gate
-value is 0 rather than e_b + … (spec §2.5; forward values are identical either way).
+value is 0 rather than e_b + … (§2.5; forward values are identical either way).
 
 Notebook: ``notebooks/02_quantization_decomposition.ipynb``.
 """
@@ -53,19 +53,17 @@ from typing import NamedTuple
 import numpy as np
 
 from bbits_ref.autograd import ops
-from bbits_ref.autograd.gradcheck_cases import Case, register_case
+from bbits_ref.autograd.gradcheck_cases import GradCase, register_case
 from bbits_ref.autograd.engine import Tensor, register, ste_round
+from bbits_ref.method.constants import BIT_WIDTHS, CLIP_EPS, CLIP_MODES
+# s_{2b} = s_b / (2^b + 1): the divisors that turn s2 into s4, s8, s16, s32 (§2.3)
+from bbits_ref.method.constants import STEP_DIVISORS as _STEP_DIVISORS
 
 __all__ = ["BIT_WIDTHS", "CLIP_EPS", "CLIP_MODES", "check_bits", "init_range", "clip_range",
            "step_sizes", "decompose", "quantize_direct", "bb_quantize", "fixed_quantize",
            "bb_quantize_composite", "gates_for_bits"]
 
-BIT_WIDTHS = (2, 4, 8, 16, 32)
-CLIP_EPS = 1e-7
-CLIP_MODES = ("official", "numpy")
 GATE_NAMES = ("z4", "z8", "z16", "z32")
-# s_{2b} = s_b / (2^b + 1): the divisors that turn s2 into s4, s8, s16, s32 (spec §2.3)
-_STEP_DIVISORS = (5, 17, 257, 65537)
 
 
 # --------------------------------------------------------------------------- checks
@@ -112,7 +110,7 @@ def _float_array(x) -> np.ndarray:
 # --------------------------------------------------------------------------- range and grid
 
 def init_range(x) -> tuple[float, bool]:
-    """Lazy, data-dependent range init (spec §2.1): ``beta = max(max(x), 0)``, ``signed = min(x) < 0``.
+    """Lazy, data-dependent range init (§2.1): ``beta = max(max(x), 0)``, ``signed = min(x) < 0``.
 
     Weights are initialised from themselves; activations from the first forward (two images in
     the official driver).  Note that β = max(x), not max|x|: an asymmetric signed tensor has its
@@ -125,10 +123,10 @@ def init_range(x) -> tuple[float, bool]:
 
 
 def clip_range(beta, signed: bool) -> tuple:
-    """``(lo, hi)`` with ``hi = (1 − ε)·β`` and ``lo = −hi`` if signed else 0 (spec §2.2).
+    """``(lo, hi)`` with ``hi = (1 − ε)·β`` and ``lo = −hi`` if signed else 0 (§2.2).
 
     The (1 − ε) keeps the top of the signed range at hi/s2 = 1.5·(1 − ε), which rounds to 1
-    instead of to the out-of-range level 2 (spec §2.4).  Computed in beta's dtype.
+    instead of to the out-of-range level 2 (§2.4).  Computed in beta's dtype.
     """
     beta = _scalar(beta)
     hi = beta.dtype.type(1 - CLIP_EPS) * beta[()]
@@ -137,7 +135,7 @@ def clip_range(beta, signed: bool) -> tuple:
 
 
 def step_sizes(beta, signed: bool) -> tuple:
-    """``(s2, s4, s8, s16, s32)``: ``s2 = (β − α)/3``, then chained ``s_{2b} = s_b/(2^b + 1)`` (spec §2.3).
+    """``(s2, s4, s8, s16, s32)``: ``s2 = (β − α)/3``, then chained ``s_{2b} = s_b/(2^b + 1)`` (§2.3).
 
     α = −β for signed tensors, 0 for unsigned ones.  Since (2^b − 1)(2^b + 1) = 2^{2b} − 1,
     s_b = (β − α)/(2^b − 1) is the step of an ordinary b-bit grid on the same range.  The chain
@@ -154,13 +152,13 @@ def step_sizes(beta, signed: bool) -> tuple:
 # --------------------------------------------------------------------------- NumPy building blocks
 
 def _clip(x: np.ndarray, lo, hi, clip: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(x_c, inside)``: the clipped tensor and the mask where ∂x_c/∂x = 1 (spec §2.2).
+    """``(x_c, inside)``: the clipped tensor and the mask where ∂x_c/∂x = 1 (§2.2).
 
     ``"official"`` computes hi − relu(hi − lo − relu(x − lo)) in place, and ``inside`` from the
     two ReLUs' own masks (relu'(0) = 0), exactly what the chain rule of that formula gives.
     """
     if clip == "official":
-        x_c = np.subtract(x, lo)
+        x_c = np.asarray(np.subtract(x, lo))  # asarray: a 0-d input gives a scalar, not writable
         inside = x_c > 0                      # relu(x − lo) is active
         np.maximum(x_c, 0, out=x_c)
         np.subtract(hi - lo, x_c, out=x_c)    # (hi − lo) − relu(x − lo), left to right
@@ -172,7 +170,7 @@ def _clip(x: np.ndarray, lo, hi, clip: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _residuals(x_c: np.ndarray, steps, depth: int, round_fn) -> list:
-    """``[A2, e4, …]`` up to ``depth`` residuals (spec §2.4), with the official arithmetic.
+    """``[A2, e4, …]`` up to ``depth`` residuals (§2.4), with the official arithmetic.
 
     ``e_{2b} = s_{2b}·R(r/s_{2b})`` where the residual ``r = x_c − A2 − e4 − …`` is formed left
     to right.  ``round_fn`` is :func:`~bbits_ref.autograd.engine.ste_round` in the primitive (so that
@@ -205,10 +203,10 @@ def _clipped(x, beta, signed: bool, clip: str) -> tuple[np.ndarray, tuple]:
 
 
 def decompose(x, beta, signed: bool, clip: str = "official") -> dict:
-    """The ungated decomposition of spec §2.4 as NumPy arrays (plain rounding, no gradients).
+    """The ungated decomposition of §2.4 as NumPy arrays (plain rounding, no gradients).
 
     Returns ``{"x_c", "A2", "e4", "e8", "e16", "e32"}``: ``A2 + e4 + … + e_b`` is the b-bit
-    quantization of ``x`` (spec §2.4: equal to ``s_b·round(x_c/s_b)`` except at exact ties).
+    quantization of ``x`` (§2.4: equal to ``s_b·round(x_c/s_b)`` except at exact ties).
     """
     x_c, steps = _clipped(x, beta, signed, clip)
     parts = _residuals(x_c, steps, 4, np.round)
@@ -216,14 +214,14 @@ def decompose(x, beta, signed: bool, clip: str = "official") -> dict:
 
 
 def quantize_direct(x, beta, bits: int, signed: bool, clip: str = "official") -> np.ndarray:
-    """A plain b-bit grid quantizer on the same range: ``s_b·round(x_c/s_b)`` (spec §2.3, §2.7)."""
+    """A plain b-bit grid quantizer on the same range: ``s_b·round(x_c/s_b)`` (§2.3, §2.7)."""
     index = BIT_WIDTHS.index(check_bits(bits))
     x_c, steps = _clipped(x, beta, signed, clip)
     return steps[index] * np.round(x_c / steps[index])
 
 
 def gates_for_bits(bits: int) -> tuple:
-    """The deterministic ``(z4, z8, z16, z32)`` that select bit width ``bits`` (spec §2.7)."""
+    """The deterministic ``(z4, z8, z16, z32)`` that select bit width ``bits`` (§2.7)."""
     index = BIT_WIDTHS.index(check_bits(bits))
     return tuple(1.0 if level <= index else 0.0 for level in range(1, 5))
 
@@ -331,9 +329,9 @@ def _make_gate_vjp(level: int):
 
 BB_QUANTIZE = register(
     "bb_quantize",
-    "x_q = z2·(A2 + z4·(e4 + z8·(e8 + z16·(e16 + z32·e32)))) of x_c = clip(x) (spec §2.2–2.5);  "
+    "x_q = z2·(A2 + z4·(e4 + z8·(e8 + z16·(e16 + z32·e32)))) of x_c = clip(x) (§2.2–2.5);  "
     "x̄ = g·z2·1[lo<x<hi], β̄ = Σ g·(x_q − z2·x_c·1[lo<x<hi])/β, z̄2 = g·(A2 + …), "
-    "z̄_b = Σ g·z2·z4···z_{b/2}·(e_b + …) (spec §2.6)",
+    "z̄_b = Σ g·z2·z4···z_{b/2}·(e_b + …) (§2.6)",
     _bb_forward, _bb_vjp_x, _bb_vjp_beta, _bb_vjp_z2,
     *(_make_gate_vjp(level) for level in range(1, 5)), saves=True)
 
@@ -361,7 +359,7 @@ def _prepare(x, beta, z2, gates, signed, clip, channel_axis):
             continue
         value = np.asarray(z.data if isinstance(z, Tensor) else z)
         if value.size != 1:
-            raise ValueError(f"gate {name} must be a scalar (one gate per tensor, spec §1); got "
+            raise ValueError(f"gate {name} must be a scalar (one gate per tensor, §1); got "
                              f"shape {value.shape}")
         _check_gate_values(name, value)
         if isinstance(z, Tensor) and z.shape != ():
@@ -397,7 +395,7 @@ def _check_gate_values(name: str, value: np.ndarray) -> None:
 
 def bb_quantize(x, beta, z2=None, z4=None, z8=None, z16=None, z32=None, *, signed: bool,
                 clip: str = "official", channel_axis: int = 0) -> Tensor:
-    """Bayesian Bits quantization of a Tensor (spec §2.2–2.6), as one fused engine primitive.
+    """Bayesian Bits quantization of a Tensor (§2.2–2.6), as one fused engine primitive.
 
     Parameters
     ----------
@@ -423,7 +421,7 @@ def bb_quantize(x, beta, z2=None, z4=None, z8=None, z16=None, z32=None, *, signe
 
 
 def fixed_quantize(x, beta, bits: int, *, signed: bool, clip: str = "official") -> Tensor:
-    """A fixed ``bits``-bit quantizer: :func:`bb_quantize` with constant 0/1 gates (spec §2.7).
+    """A fixed ``bits``-bit quantizer: :func:`bb_quantize` with constant 0/1 gates (§2.7).
 
     Its values equal :func:`quantize_direct` (up to float rounding of the sum of residuals),
     and its β gradient is the straight-through gradient of a direct ``bits``-bit quantizer.
@@ -466,7 +464,7 @@ def bb_quantize_composite(x, beta, z2=None, z4=None, z8=None, z16=None, z32=None
 
 # --------------------------------------------------------------------------- gradient-check case
 
-def _gradcheck_case(rng: np.random.Generator, shape: tuple, broadcast: bool) -> Case:
+def _gradcheck_case(rng: np.random.Generator, shape: tuple, broadcast: bool) -> GradCase:
     """Inputs for ``python -m bbits_ref.autograd.gradcheck bb_quantize`` (float64, rounding frozen there).
 
     β ~ U(0.5, 2); x spans the range and beyond (saturated elements exercise the clip path of
@@ -485,7 +483,7 @@ def _gradcheck_case(rng: np.random.Generator, shape: tuple, broadcast: bool) -> 
         z2_shape = ()
     z2 = rng.uniform(0.05, 0.95, z2_shape)
     gates = tuple(rng.uniform(0.05, 0.95, ()) for _ in GATE_NAMES)
-    return Case((x_rel * beta, np.asarray(beta), z2) + gates,
+    return GradCase((x_rel * beta, np.asarray(beta), z2) + gates,
                 {"signed": signed, "clip": "official" if rng.random() < 0.75 else "numpy"},
                 (0, 1, 2, 3, 4, 5, 6))
 

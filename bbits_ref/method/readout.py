@@ -6,10 +6,10 @@ One readout API that plots, widgets, notebooks and the command line all consume:
   its effective bit width P(b) for b in {0, 2, 4, 8, 16, 32}, E_q[bit width] and its log2, the
   deterministic (test-time) bit width and the kept channels;
 * :func:`model_readout` — all of those for a model plus its relative BOPs, deterministic
-  (the official metric, spec §5) and expected (our documented addition); ``print()`` it.
+  (the official metric, docs/method.md §5) and expected (our documented addition); ``print()`` it.
 
-Gates that the official hard cut has switched off (φ ≤ −2, spec §3.5) are constant zeros, so
-their probability counts as 0 here; the regularizer still uses the closed form (spec §4.3).
+Gates that the official hard cut has switched off (φ ≤ −2, §3.5) are constant zeros, so
+their probability counts as 0 here; the regularizer still uses the closed form (§4.3).
 Notebook: ``notebooks/00_tour.ipynb`` ("how to read the readout table").
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ class QuantizerReadout:
     chain_probs: np.ndarray        # (π4, π8, π16, π32), hard-cut gates at 0
     bit_probs: dict                # P(effective bit width = b), b in BIT_CHOICES
     expected_bits: float           # E_q[bit width], pruned channels counting 0 bits
-    deterministic_bits: int        # test-time bit width of the kept channels (spec §5)
+    deterministic_bits: int        # test-time bit width of the kept channels (§5)
 
     @property
     def log2_expected_bits(self) -> float:
@@ -92,12 +92,12 @@ class ModelReadout:
 
     @property
     def relative_bops(self) -> float:
-        """Deterministic relative BOPs in percent (the official metric, spec §5)."""
+        """Deterministic relative BOPs in percent (the official metric, §5)."""
         return bops.relative_bops(self.layers)
 
     @property
     def expected_relative_bops(self) -> float:
-        """Expected relative BOPs in percent under the gate distribution (an addition, spec §5)."""
+        """Expected relative BOPs in percent under the gate distribution (an addition, §5)."""
         return bops.relative_bops(self.expected_layers)
 
     def by_name(self, name: str) -> QuantizerReadout:
@@ -140,7 +140,7 @@ class ModelReadout:
 def model_readout(model) -> ModelReadout:
     """Readout of a :class:`~bbits_ref.method.models.BBNet` (works before the ranges are initialised).
 
-    BOPs follow spec §5: the first layer's input counts as 8 bits, a layer's activation bits
+    BOPs follow §5: the first layer's input counts as 8 bits, a layer's activation bits
     are those of the previous layer's output quantizer, keep ratios include the previous
     layer's pruned channels, and layers without quantizers count 32 bits.
     """

@@ -5,16 +5,23 @@ worked example of a "fast implementation" that the conformance suite checks)::
 
     pip install 'bbits_ref[torch]'
 
-Modules (same vocabulary and spec sections as the reference):
+Modules (same vocabulary and sections of docs/method.md as the reference):
 
-* :mod:`.quantizer` — the Bayesian Bits quantizer as one ``torch.autograd.Function`` (spec §2),
-  and a straight-through rounding;
-* :mod:`.gates` — hard-concrete and Gumbel-softmax gates, test-time gates, the chain (spec §3);
-* :mod:`.prior` — the regularizer of the official code (spec §4.3);
-* :mod:`.bops` — relative BOPs (spec §5; the arithmetic of :mod:`bbits_ref.method.bops`);
-* :mod:`.models` — ``LeNet5`` and ``VGG7`` as ``torch.nn.Module`` s with the reference's
-  parameter names, and weight transfer in both directions (spec §6–§7);
+* :mod:`.quantizer` — clip range, step sizes and the Bayesian Bits quantizer as one
+  ``torch.autograd.Function`` (§2), and a straight-through rounding;
+* :mod:`.gates` — hard-concrete and Gumbel-softmax gates, test-time gates, the chain (§3);
+* :mod:`.prior` — the regularizer of the official code (§4.3);
+* :mod:`.bops` — relative BOPs (§5);
+* :mod:`.layers` — the quantizer module and the quantized conv/linear layers (§6);
+* :mod:`.models` — ``LeNet5``, ``VGG7`` (any architecture with ``build``) as
+  ``torch.nn.Module`` s built from :mod:`bbits_ref.method.architectures` (§7);
+* :mod:`.state` — weight transfer to and from the reference, in both directions;
 * :mod:`.adapter` — ``adapter``, the conformance protocol in float32 on the CPU.
+
+The implementation is independent of the reference: it computes every formula itself and
+shares with it only :mod:`bbits_ref.method.constants` (the method's numbers),
+:mod:`bbits_ref.method.architectures` (the networks' descriptions) and the settings object
+:class:`bbits_ref.method.layers.BBConfig`.  So passing the conformance suite means something.
 
 Everything is float32 by default, works on the device of its inputs (no ``.cuda()`` anywhere),
 and takes its randomness as uniform noise or a ``torch.Generator``.
@@ -27,15 +34,18 @@ except ImportError as err:           # pragma: no cover - exercised only without
         "Install it with: pip install 'bbits_ref[torch]'  (the NumPy reference, bbits_ref, "
         "works without it)") from err
 
-from bbits_ref.torch_impl.gates import (chain_gates, chain_gates_eval, deterministic_gates, gumbel_softmax_sample,
-                    hard_concrete_sample, prob_nonzero, uniform_noise)
-from bbits_ref.torch_impl.models import (BBNet, BBQuantizer, LeNet5, VGG7, from_reference, load_numpy_state,
-                     state_dict_to_numpy, to_reference)
+from bbits_ref.torch_impl.gates import (chain_gates, chain_gates_eval, deterministic_gates,
+                                        gumbel_softmax_sample, hard_concrete_sample,
+                                        prob_nonzero, uniform_noise)
+from bbits_ref.torch_impl.layers import BBQuantizer
+from bbits_ref.torch_impl.models import BBNet, LeNet5, VGG7, build
+from bbits_ref.torch_impl.state import (from_reference, load_numpy_state, state_dict_to_numpy,
+                                        to_reference)
 from bbits_ref.torch_impl.prior import bop_regularizer, independent_regularizer, regularizer
 from bbits_ref.torch_impl.quantizer import bb_quantize, round_ste
 
 __all__ = ["bb_quantize", "round_ste", "hard_concrete_sample", "gumbel_softmax_sample",
            "prob_nonzero", "deterministic_gates", "chain_gates", "chain_gates_eval",
            "uniform_noise", "regularizer", "bop_regularizer", "independent_regularizer",
-           "BBQuantizer", "BBNet", "LeNet5", "VGG7", "to_reference", "from_reference",
+           "BBQuantizer", "BBNet", "LeNet5", "VGG7", "build", "to_reference", "from_reference",
            "state_dict_to_numpy", "load_numpy_state"]

@@ -8,7 +8,8 @@ backward, and the results come back as NumPy arrays.  Run it with::
     python -m bbits_ref.conformance check /tmp/suite --impl bbits_ref.torch_impl.adapter:adapter
 
 The thread count is left as it is (``torch.set_num_threads`` is not called).  Float32 cannot
-reproduce float64 rounding ties bit for bit (spec §2.3a); the suite decides how it treats them.
+reproduce float64 rounding ties bit for bit (docs/method.md §2.3a); the suite decides how it
+treats them.
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from bbits_ref.method.layers import BBConfig
 from bbits_ref.torch_impl import bops as _bops
 from bbits_ref.torch_impl import gates as _gates
 from bbits_ref.torch_impl import prior as _prior
-from bbits_ref.torch_impl.models import LeNet5, load_numpy_state
+from bbits_ref.torch_impl.models import LeNet5
 from bbits_ref.torch_impl.quantizer import bb_quantize
+from bbits_ref.torch_impl.state import load_numpy_state
 
 __all__ = ["TorchAdapter", "adapter"]
 
@@ -52,7 +54,7 @@ class TorchAdapter:
 
     name = "bbits_ref.torch_impl (float32, cpu)"
 
-    # -- quantizer (spec §2)
+    # -- quantizer (§2)
     def quantize(self, x, beta, z2, z4, z8, z16, z32, *, signed: bool, grad_out) -> dict:
         x_t, beta_t = _t(x, True), _t(beta, True)
         z2_t = None if z2 is None else _t(z2, True)
@@ -65,7 +67,7 @@ class TorchAdapter:
             out[f"grad_{name}"] = _grad(z)
         return out
 
-    # -- gates (spec §3)
+    # -- gates (§3)
     def hard_concrete(self, logits, u, *, grad_out) -> dict:
         phi = _t(logits, True)
         z = _gates.hard_concrete_sample(phi, u)
@@ -89,7 +91,7 @@ class TorchAdapter:
     def chain_gates_eval(self, chain_logits, *, hard_cut: bool) -> np.ndarray:
         return _np(_gates.chain_gates_eval(_t(chain_logits), hard_cut=bool(hard_cut)))
 
-    # -- prior (spec §4.3)
+    # -- prior (§4.3)
     def regularizer(self, prune_logits, chain_logits, mac_weight, *, prior: str,
                     reg_type: str) -> dict:
         prune = None if prune_logits is None else _t(prune_logits, True)
@@ -100,11 +102,11 @@ class TorchAdapter:
         return {"value": _np(value), "grad_prune_logits": _grad(prune),
                 "grad_chain_logits": _grad(chain)}
 
-    # -- BOPs (spec §5)
+    # -- BOPs (§5)
     def relative_bops(self, model: str, width: float, gates: dict) -> float:
         return float(_bops.relative_bops(model, float(width), gates))
 
-    # -- a whole LeNet-5 training step (spec §7.1)
+    # -- a whole LeNet-5 training step (§7.1)
     def lenet5_step(self, params: dict, x, y, noise: dict, *, mu: float) -> dict:
         model = LeNet5(BBConfig(chain_init="mnist"), dtype=DTYPE)
         load_numpy_state(model, params)

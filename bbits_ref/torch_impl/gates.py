@@ -1,15 +1,16 @@
-"""Stochastic gates in PyTorch: hard concrete (official) and Gumbel-softmax (spec §3).
+"""Stochastic gates in PyTorch: hard concrete (official) and Gumbel-softmax (docs/method.md §3).
 
-The formulas of :mod:`bbits_ref.method.gates`, vectorised over all the gates of a tensor::
+The formulas of :mod:`bbits_ref.method.gates`, written again in torch (only the constants are
+shared, from :mod:`bbits_ref.method.constants`) and vectorised over all the gates of a tensor::
 
-    hard concrete  s = sigmoid((log u − log(1 − u) + φ)/β),  z = min(1, max(0, s·(ζ − γ) + γ))
-                   π(φ) = P(z ≠ 0) = sigmoid(φ − β·log(−γ/ζ)),  test time: 1[P(z = 0) < 0.34]
+    hard concrete  s = sigmoid((log u − log(1 − u) + φ)/τ),  z = min(1, max(0, s·(ζ − γ) + γ))
+                   π(φ) = P(z ≠ 0) = sigmoid(φ − τ·log(−γ/ζ)),  test time: 1[P(z = 0) < 0.34]
     Gumbel-softmax z = sigmoid((φ + log u − log(1 − u))/τ)  (straight-through: 1[z > 0.5] forward)
                    q(z = 1) = sigmoid(φ),  test time: 1[φ > 0]
 
-with β = 2/3, γ = −0.1, ζ = 1.1.  The uniform noise u is given (a NumPy array or a tensor, as
-drawn by :meth:`bbits_ref.method.layers.BBQuantizer.sample_noise`) or drawn from a ``torch.Generator``
-with :func:`uniform_noise`; it is clamped to [1e−6, 1 − 1e−6] in the logits' dtype, as in the
+with τ = 2/3, γ = −0.1, ζ = 1.1.  The uniform noise u is given (a NumPy array or a tensor, as
+drawn by the models' ``sample_noise``) or drawn from a ``torch.Generator`` with
+:func:`uniform_noise`; it is clamped to [1e−6, 1 − 1e−6] in the logits' dtype, as in the
 reference.  Constants are rounded to the logits' dtype first, so float32 runs the same
 arithmetic as the float32 reference.  A clamped hard-concrete gate gets no gradient (the
 gradient passes strictly inside (0, 1), like the reference's ``ops.clip``).
@@ -21,18 +22,20 @@ import math
 import numpy as np
 import torch
 
-from bbits_ref.method import gates as _ref
+from bbits_ref.method.constants import (GATE_KINDS, HARD_CUT_LOGIT, HC_GAMMA, HC_TEMPERATURE,
+                                        HC_THRESHOLD, HC_ZETA, NOISE_CLAMP)
 from bbits_ref.torch_impl.quantizer import round_ste
 
 __all__ = ["GATE_KINDS", "uniform_noise", "as_noise", "hard_concrete_sample",
            "gumbel_softmax_sample", "sample", "prob_nonzero", "prob_zero", "deterministic_gates",
            "chain_gates", "chain_gates_eval"]
 
-GATE_KINDS = ("hard_concrete", "gumbel_softmax")
-HC_TEMPERATURE, HC_GAMMA, HC_ZETA = _ref.HC_TEMPERATURE, _ref.HC_GAMMA, _ref.HC_ZETA
-HC_THRESHOLD, HARD_CUT_LOGIT, NOISE_CLAMP = _ref.HC_THRESHOLD, _ref.HARD_CUT_LOGIT, _ref.NOISE_CLAMP
-# β·log(−γ/ζ) = −1.598597: π(φ) = sigmoid(φ − offset)
+# τ·log(−γ/ζ) = −1.598597: π(φ) = sigmoid(φ − offset)
 HC_PROB_OFFSET = HC_TEMPERATURE * math.log(-HC_GAMMA / HC_ZETA)
+# The chain's hard cut (§3.5): φ ≤ −2 for hard concrete.  A Gumbel-softmax gate is cut at
+# the logit with the same on-probability, sigmoid(φ) = π(−2) = 0.401: φ = −0.401403.
+HARD_CUT_LOGITS = {"hard_concrete": HARD_CUT_LOGIT,
+                   "gumbel_softmax": HARD_CUT_LOGIT - HC_PROB_OFFSET}
 
 
 def _const(value: float, dtype: torch.dtype) -> float:
@@ -68,7 +71,7 @@ def _check_temperature(temperature) -> float:
 
 def uniform_noise(shape, generator: torch.Generator | None = None, *, dtype=torch.float64,
                   device=None) -> torch.Tensor:
-    """u ~ U(0, 1) clamped to [1e−6, 1 − 1e−6] (spec §3.2), from an explicit ``torch.Generator``.
+    """u ~ U(0, 1) clamped to [1e−6, 1 − 1e−6] (§3.2), from an explicit ``torch.Generator``.
 
     ``device`` defaults to the generator's device (CPU without one).
     """
@@ -113,9 +116,9 @@ def _logistic_noise(u, logits, generator) -> torch.Tensor:
 
 def hard_concrete_sample(logits: torch.Tensor, u=None, *, generator=None,
                          temperature: float = HC_TEMPERATURE) -> torch.Tensor:
-    """z = clip(sigmoid((log u − log(1−u) + φ)/β)·(ζ − γ) + γ, 0, 1)   (spec §3.2).
+    """z = clip(sigmoid((log u − log(1−u) + φ)/τ)·(ζ − γ) + γ, 0, 1)   (§3.2).
 
-    ∂z/∂φ = (ζ − γ)·s(1 − s)/β strictly inside (0, 1), 0 where the sample is clamped.
+    ∂z/∂φ = (ζ − γ)·s(1 − s)/τ strictly inside (0, 1), 0 where the sample is clamped.
     """
     logits = _check_logits(logits)
     temperature = _check_temperature(temperature)
@@ -129,7 +132,7 @@ def hard_concrete_sample(logits: torch.Tensor, u=None, *, generator=None,
 def gumbel_softmax_sample(logits: torch.Tensor, u=None, *, generator=None,
                           temperature: float = HC_TEMPERATURE,
                           straight_through: bool = False) -> torch.Tensor:
-    """z = sigmoid((φ + log u − log(1−u))/τ) (spec §3.7).
+    """z = sigmoid((φ + log u − log(1−u))/τ) (§3.7).
 
     Straight-through: the forward is 1[z > 0.5], the gradient that of the soft z.
     """
@@ -154,7 +157,7 @@ def sample(logits: torch.Tensor, u=None, *, gate: str = "hard_concrete", generat
 # --------------------------------------------------------------------------- probabilities
 
 def prob_nonzero(logits: torch.Tensor, *, gate: str = "hard_concrete") -> torch.Tensor:
-    """q(z ≠ 0): sigmoid(φ + 1.598597) (hard concrete, spec §3.3) or sigmoid(φ) (§3.7)."""
+    """q(z ≠ 0): sigmoid(φ + 1.598597) (hard concrete, §3.3) or sigmoid(φ) (§3.7)."""
     _check_gate_kind(gate)
     logits = _check_logits(logits)
     if gate == "hard_concrete":
@@ -173,7 +176,7 @@ def prob_zero(logits: torch.Tensor, *, gate: str = "hard_concrete") -> torch.Ten
 
 def deterministic_gates(logits: torch.Tensor, *, gate: str = "hard_concrete",
                         threshold: float = HC_THRESHOLD) -> torch.Tensor:
-    """Test-time 0/1 gates (no gradient): 1[P(z = 0) < 0.34] (spec §3.4) or 1[φ > 0] (§3.7).
+    """Test-time 0/1 gates (no gradient): 1[P(z = 0) < 0.34] (§3.4) or 1[φ > 0] (§3.7).
 
     The hard-concrete rule is evaluated as the reference does it, P(z = 0) in the logits'
     dtype compared with 0.34 rounded to that dtype, so both agree right at the boundary
@@ -200,7 +203,7 @@ def _check_chain_logits(chain_logits) -> torch.Tensor:
 def chain_gates(chain_logits: torch.Tensor, u=None, *, training: bool, hard_cut: bool = True,
                 gate: str = "hard_concrete", generator=None, threshold: float = HC_THRESHOLD,
                 **options) -> list:
-    """z4, z8, z16, z32 of one quantizer, visited in order with the hard cut (spec §3.5).
+    """z4, z8, z16, z32 of one quantizer, visited in order with the hard cut (§3.5).
 
     Returns four entries: ``None`` for a gate that is off for good (φ ≤ −2 with ``hard_cut``,
     or above a gate that is 0 at test time), a 0-d tensor sample that keeps the graph to
@@ -218,7 +221,7 @@ def chain_gates(chain_logits: torch.Tensor, u=None, *, training: bool, hard_cut:
         samples = sample(chain_logits, u, gate=gate, generator=generator, **options)
     else:
         values = deterministic_gates(chain_logits, gate=gate, threshold=threshold).tolist()
-    cut = _ref.make_gate(gate).hard_cut_logit   # −2 for hard concrete, same P(on) for Gumbel
+    cut = HARD_CUT_LOGITS[gate]
     gates: list = [None] * 4
     for i in range(4):                 # each gate depends on whether the previous one was cut
         if hard_cut and phis[i] <= cut:
@@ -234,7 +237,7 @@ def chain_gates(chain_logits: torch.Tensor, u=None, *, training: bool, hard_cut:
 
 def chain_gates_eval(chain_logits: torch.Tensor, *, hard_cut: bool = True,
                      gate: str = "hard_concrete", threshold: float = HC_THRESHOLD) -> torch.Tensor:
-    """Test-time (z4, z8, z16, z32) as a 0/1 tensor, hard cut applied (spec §3.4–3.5)."""
+    """Test-time (z4, z8, z16, z32) as a 0/1 tensor, hard cut applied (§3.4–3.5)."""
     values = chain_gates(chain_logits, training=False, hard_cut=hard_cut, gate=gate,
                          threshold=threshold)
     return torch.tensor([0.0 if v is None else v for v in values], dtype=chain_logits.dtype,

@@ -1,4 +1,4 @@
-"""The regularizer of the official code in PyTorch (spec §4.3), and the independent ablation.
+"""The regularizer of the official code in PyTorch (docs/method.md §4.3), and the ablation.
 
 For quantizer t with MAC weight w_t = MAC_t / MAC_max and gate costs c(b) = w_t·b
 (``reg_type="bop"``) or 1 (``"const"``), with π the gates' probabilities of being non-zero::
@@ -17,15 +17,13 @@ from numbers import Real
 
 import torch
 
+from bbits_ref.method.constants import BIT_WIDTHS, CHAIN_BITS, PRIOR_KINDS, REG_TYPES
 from bbits_ref.torch_impl.gates import _check_gate_kind, _const, prob_nonzero
 
 __all__ = ["PRIOR_KINDS", "REG_TYPES", "bop_regularizer", "independent_regularizer",
            "regularizer"]
 
-PRIOR_KINDS = ("autoregressive", "independent")
-REG_TYPES = ("bop", "const")
-PRUNED_BITS = (2, 4, 8, 16, 32)
-CHAIN_BITS = (4, 8, 16, 32)
+PRUNED_BITS = BIT_WIDTHS          # the gates of a weight tensor with pruning: z2, z4, …, z32
 
 
 def _check_mac_weight(mac_weight) -> float:
@@ -61,7 +59,7 @@ def _check_probs(prob_z2, chain_probs):
 
 
 def bop_regularizer(prob_z2, chain_probs, mac_weight, *, reg_type: str = "bop") -> torch.Tensor:
-    """R_t of the official code (spec §4.3) from gate probabilities; a 0-d tensor."""
+    """R_t of the official code (§4.3) from gate probabilities; a 0-d tensor."""
     _check_probs(prob_z2, chain_probs)
     mac_weight = _check_mac_weight(mac_weight)
     dt = chain_probs.dtype

@@ -1,7 +1,7 @@
-"""The Bayesian Bits quantizer as one fused ``torch.autograd.Function`` (spec §2.2–2.6).
+"""The Bayesian Bits quantizer as one fused ``torch.autograd.Function`` (docs/method.md §2.2–2.6).
 
 The same function as :func:`bbits_ref.method.quantizer.bb_quantize`, with the official arithmetic
-(spec §2.3a), written for speed::
+(§2.3a), written for speed::
 
     hi = (1 − ε)·β,   lo = −hi (signed) or 0 (unsigned),   ε = 1e−7
     x_c = hi − relu(hi − lo − relu(x − lo))                  the official two-ReLU clip
@@ -9,16 +9,16 @@ The same function as :func:`bbits_ref.method.quantizer.bb_quantize`, with the of
     A2 = s2·R(x_c/s2),  e4 = s4·R((x_c − A2)/s4),  e8 = s8·R((x_c − A2 − e4)/s8), …
     x_q = z2 ⊙ (A2 + z4·(e4 + z8·(e8 + z16·(e16 + z32·e32))))
 
-The scalars (hi, lo, the steps) are computed by the reference's own helpers
-(:func:`bbits_ref.method.quantizer.clip_range`, :func:`~bbits_ref.method.quantizer.step_sizes`) in the
-tensor's dtype, and every elementwise step is one IEEE operation in that dtype, in the
-reference's order.  So in float64 the forward values equal the reference bit for bit, and in
-float32 they equal the float32 reference.  (An FMA or a reordered residual would change the
-value at exact rounding ties, spec §2.3a; none is used.)  A gate that is ``None`` or exactly 0
+The scalars (hi, lo, the steps) are computed here (:func:`clip_range`, :func:`step_sizes`) as
+0-d tensors of the input's dtype, and every elementwise step is one IEEE operation in that
+dtype, in the reference's order; only the constants ε and the divisors come from
+:mod:`bbits_ref.method.constants`.  So in float64 the forward values equal the reference bit
+for bit, and in float32 they equal the float32 reference.  (An FMA or a reordered residual
+would change the value at exact rounding ties, §2.3a; none is used.)  A gate that is ``None`` or exactly 0
 switches its residual and every higher one off: they are not computed, and the gradient of
-that gate value is 0 (the official convention, spec §2.5).
+that gate value is 0 (the official convention, §2.5).
 
-The backward is not autograd through ~25 ops but the closed forms of spec §2.6, with
+The backward is not autograd through ~25 ops but the closed forms of §2.6, with
 ``inside = 1[lo < x < hi]`` taken from the two ReLU masks (relu'(0) = 0); it recomputes the
 residuals block by block from x instead of storing them::
 
@@ -37,12 +37,11 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from bbits_ref.method import quantizer as _ref
+from bbits_ref.method.constants import BIT_WIDTHS, CLIP_EPS, CLIP_MODES, STEP_DIVISORS
 
-__all__ = ["CLIP_EPS", "CLIP_MODES", "GATE_NAMES", "round_ste", "bb_quantize", "fixed_quantize"]
+__all__ = ["CLIP_EPS", "CLIP_MODES", "GATE_NAMES", "round_ste", "clip_range", "step_sizes",
+           "gates_for_bits", "bb_quantize", "fixed_quantize"]
 
-CLIP_EPS = _ref.CLIP_EPS
-CLIP_MODES = _ref.CLIP_MODES
 GATE_NAMES = ("z4", "z8", "z16", "z32")
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -50,7 +49,7 @@ _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 # --------------------------------------------------------------------------- straight-through round
 
 class _RoundSTE(torch.autograd.Function):
-    """R(x) = round half to even (``torch.round``), with an identity gradient (spec §2.6)."""
+    """R(x) = round half to even (``torch.round``), with an identity gradient (§2.6)."""
 
     @staticmethod
     def forward(ctx, x):
@@ -66,6 +65,47 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return _RoundSTE.apply(x)
 
 
+# --------------------------------------------------------------------------- range and grid
+
+def _scalar_beta(beta, dtype: torch.dtype) -> torch.Tensor:
+    """β as a 0-d CPU tensor of ``dtype`` (a tensor's value, or a number rounded to dtype)."""
+    if isinstance(beta, torch.Tensor):
+        return beta.detach().reshape(()).to(device="cpu", dtype=dtype)
+    return torch.tensor(float(beta), dtype=dtype)
+
+
+def clip_range(beta, signed: bool, dtype: torch.dtype = torch.float64) -> tuple:
+    """(lo, hi) as 0-d tensors: hi = (1 − ε)·β, lo = −hi (signed) or 0 (§2.2).
+
+    In β's dtype if β is a tensor (else ``dtype``), the two factors rounded to it first.
+    """
+    beta = _scalar_beta(beta, beta.dtype if isinstance(beta, torch.Tensor) else dtype)
+    hi = torch.tensor(1 - CLIP_EPS, dtype=beta.dtype) * beta
+    return (-hi if signed else torch.zeros((), dtype=beta.dtype)), hi
+
+
+def step_sizes(beta, signed: bool, dtype: torch.dtype = torch.float64) -> tuple:
+    """(s2, s4, s8, s16, s32) as 0-d tensors: s2 = (β − α)/3, then s_{2b} = s_b/(2^b + 1).
+
+    α = −β (signed) or 0; chained divisions, as the official code (§2.3, §2.3a).
+    """
+    beta = _scalar_beta(beta, beta.dtype if isinstance(beta, torch.Tensor) else dtype)
+    alpha = -beta if signed else torch.zeros((), dtype=beta.dtype)
+    steps = [(beta - alpha) / torch.tensor(3.0, dtype=beta.dtype)]
+    for divisor in STEP_DIVISORS:
+        steps.append(steps[-1] / torch.tensor(float(divisor), dtype=beta.dtype))
+    return tuple(steps)
+
+
+def gates_for_bits(bits: int) -> tuple:
+    """The 0/1 gates (z4, z8, z16, z32) that select a fixed width ``bits`` (§2.7)."""
+    if isinstance(bits, (bool, np.bool_)) or bits not in BIT_WIDTHS:
+        raise ValueError(f"bits must be one of {BIT_WIDTHS} (the Bayesian Bits bit widths); "
+                         f"got {bits!r}")
+    on = BIT_WIDTHS.index(bits)                     # how many chain gates are on
+    return tuple(1.0 if level <= on else 0.0 for level in range(1, len(BIT_WIDTHS)))
+
+
 # --------------------------------------------------------------------------- the fused function
 
 def _tensor_scalar(value, np_type) -> float:
@@ -78,7 +118,7 @@ def _tensor_scalar(value, np_type) -> float:
 # Elements per block on the CPU.  Forward and backward run their ~25 elementwise steps block by
 # block, so the intermediates stay in the cache, and nothing of the tensor's size is stored but
 # x (kept by the layer before anyway): the backward recomputes the residuals, as the official
-# code's gradient checkpointing of the quantizer does (spec §7.5).  On the 2.4M-value
+# code's gradient checkpointing of the quantizer does (§7.5).  On the 2.4M-value
 # activation after conv1 of LeNet-5 this is as fast as storing every residual, with ~40 MB less
 # memory.  Other devices take the whole tensor as one block.
 _CPU_BLOCK = 1 << 16
@@ -89,10 +129,10 @@ class _Plan:
 
     def __init__(self, x, beta, gates, signed, clip):
         np_type = _NUMPY_DTYPES[x.dtype]
-        beta_np = np_type(_tensor_scalar(beta, np_type))
-        lo, hi = _ref.clip_range(beta_np, signed)          # the reference's scalar arithmetic
+        beta_t = _scalar_beta(beta, x.dtype)                # β rounded to x's dtype
+        lo, hi = clip_range(beta_t, signed)
         self.lo, self.clip = float(lo), clip
-        self.steps = [float(s) for s in _ref.step_sizes(beta_np, signed)]
+        steps = step_sizes(beta_t, signed)
         self.gates = [None if z is None else _tensor_scalar(z, np_type) for z in gates]
         self.depth = 0                                      # residuals computed: stop at a 0 gate
         while (self.depth < 4 and self.gates[self.depth] is not None
@@ -103,11 +143,11 @@ class _Plan:
         self.like = dict(dtype=x.dtype, device=x.device)
 
         def const(value):       # 0-d tensors: ~2 µs faster per op than Python scalars, same values
-            return torch.tensor(float(value), **self.like)
+            return torch.as_tensor(value, **self.like)
         self.c_lo, self.c_hl, self.c_hi = const(lo), const(hi - lo), const(hi)
-        self.c_zero = const(0)
-        self.c_steps = [const(step) for step in self.steps]
-        self.c_gates = [None if z is None else const(z) for z in self.gates]
+        self.c_zero = const(0.0)
+        self.c_steps = [const(step) for step in steps]
+        self.c_gates = [None if z is None else const(float(z)) for z in self.gates]
         self.scratch = None                         # buffers of the block size, made by run()
 
     def release(self) -> None:
@@ -171,7 +211,7 @@ def _sum(parts: list, like: torch.Tensor) -> torch.Tensor:
 
 
 class _BBQuantize(torch.autograd.Function):
-    """x_q = z2 ⊙ (A2 + z4·(e4 + …)) with the closed-form gradients of spec §2.6.
+    """x_q = z2 ⊙ (A2 + z4·(e4 + …)) with the closed-form gradients of §2.6.
 
     The forward stores nothing but x (which the layer before keeps anyway); the backward
     recomputes each block's clip mask and residuals and reduces them at once.
@@ -256,8 +296,8 @@ def _as_gate(z, name: str, like: torch.Tensor):
     if not isinstance(z, torch.Tensor):
         z = torch.as_tensor(np.asarray(z, dtype=np.float64), dtype=like.dtype, device=like.device)
     if z.numel() != 1:
-        raise ValueError(f"gate {name} must be a scalar (one gate per tensor, spec §1); got shape "
-                         f"{tuple(z.shape)}")
+        raise ValueError(f"gate {name} must be a scalar (one gate per tensor, docs/method.md "
+                         f"§1); got shape {tuple(z.shape)}")
     _check_gate_values(name, z)
     return z.reshape(())
 
@@ -287,36 +327,36 @@ def _prepare(x, beta, z2, gates, signed, clip, channel_axis):
                          "Initialise it lazily from the first tensor the quantizer sees "
                          "(beta = max(max(x), 0)).")
     gates = [_as_gate(z, name, x) for name, z in zip(GATE_NAMES, gates)]
-    channel_dims = None
-    if z2 is not None:
-        if not isinstance(z2, torch.Tensor):
-            z2 = torch.as_tensor(np.asarray(z2, dtype=np.float64), device=x.device)
-        _check_gate_values("z2", z2)
-        z2 = z2.to(x.dtype)
-        if z2.ndim == 0:
-            channel_dims = list(range(x.ndim))
-            z2 = z2.reshape((1,) * x.ndim)
-        else:
-            if x.ndim == 0 or not -x.ndim <= channel_axis < x.ndim:
-                raise ValueError(f"channel_axis={channel_axis} is not an axis of x with shape "
-                                 f"{tuple(x.shape)}")
-            axis = channel_axis % x.ndim
-            n_channels = x.shape[axis]
-            if tuple(z2.shape) != (n_channels,):
-                raise ValueError(
-                    f"z2 (the pruning gates) must have one value per channel, shape "
-                    f"({n_channels},) for x of shape {tuple(x.shape)} with channel_axis="
-                    f"{channel_axis}; got shape {tuple(z2.shape)}")
-            shape = [1] * x.ndim
-            shape[axis] = n_channels
-            z2 = z2.reshape(shape)
-            channel_dims = [d for d in range(x.ndim) if d != axis]
+    if z2 is None:
+        return x, beta, None, gates, None
+    if not isinstance(z2, torch.Tensor):
+        z2 = torch.as_tensor(np.asarray(z2, dtype=np.float64), device=x.device)
+    _check_gate_values("z2", z2)
+    z2, channel_dims = _broadcast_z2(z2.to(x.dtype), tuple(x.shape), channel_axis)
     return x, beta, z2, gates, channel_dims
+
+
+def _broadcast_z2(z2: torch.Tensor, shape: tuple, channel_axis: int):
+    """z2 reshaped to broadcast over ``channel_axis`` of a tensor of ``shape``, and the axes
+    its gradient is summed over (all of them for a scalar z2)."""
+    if z2.ndim == 0:
+        return z2.reshape((1,) * len(shape)), list(range(len(shape)))
+    try:
+        axis = range(len(shape))[channel_axis]
+    except IndexError:
+        raise ValueError(f"channel_axis={channel_axis} is not an axis of x with shape "
+                         f"{shape}") from None
+    if tuple(z2.shape) != (shape[axis],):
+        raise ValueError(f"z2 (the pruning gates) must have one value per channel, shape "
+                         f"({shape[axis]},) for x of shape {shape} with channel_axis="
+                         f"{channel_axis}; got shape {tuple(z2.shape)}")
+    broadcast = [n if d == axis else 1 for d, n in enumerate(shape)]
+    return z2.reshape(broadcast), [d for d in range(len(shape)) if d != axis]
 
 
 def bb_quantize(x, beta, z2=None, z4=None, z8=None, z16=None, z32=None, *, signed: bool,
                 clip: str = "official", channel_axis: int = 0) -> torch.Tensor:
-    """Bayesian Bits quantization (spec §2.2–2.6), one fused autograd Function.
+    """Bayesian Bits quantization (§2.2–2.6), one fused autograd Function.
 
     Arguments as :func:`bbits_ref.method.quantizer.bb_quantize`: ``x`` any shape (float32/float64,
     any device); ``beta`` scalar tensor > 0; ``z2`` ``(C,)`` pruning gates for
@@ -332,5 +372,5 @@ def bb_quantize(x, beta, z2=None, z4=None, z8=None, z16=None, z32=None, *, signe
 
 
 def fixed_quantize(x, beta, bits: int, *, signed: bool, clip: str = "official") -> torch.Tensor:
-    """A fixed ``bits``-bit quantizer: :func:`bb_quantize` with constant 0/1 gates (spec §2.7)."""
-    return bb_quantize(x, beta, None, *_ref.gates_for_bits(bits), signed=signed, clip=clip)
+    """A fixed ``bits``-bit quantizer: :func:`bb_quantize` with constant 0/1 gates (§2.7)."""
+    return bb_quantize(x, beta, None, *gates_for_bits(bits), signed=signed, clip=clip)

@@ -1,6 +1,6 @@
 """Training Bayesian Bits models: the official recipe, a history, checkpoints and resume.
 
-The default :class:`TrainConfig` is the official MNIST recipe (spec §7.3): Adam at 1e-3 for
+The default :class:`TrainConfig` is the official MNIST recipe (docs/method.md §7.3): Adam at 1e-3 for
 three parameter groups (weights, gate logits, ranges), the weights' learning rate constant and
 then linearly decayed to 0 over the last third of the epochs, μ = 0.1, batch 128, the dataset's
 gate preset, and evaluation with deterministic gates after every epoch.
@@ -9,6 +9,13 @@ Randomness comes from one seed, split with ``numpy.random.SeedSequence`` into th
 initialisation, data order (and augmentation), gate noise.  The states of the last two are
 saved in every checkpoint (the weights carry the first), so an interrupted run resumed from its
 last checkpoint finishes bit for bit like an uninterrupted one.
+
+A run folder holds only the run's own files (:mod:`bbits_ref.training.runs`): a new run refuses
+a folder that holds another run or anything else, and a checkpoint resumes only in its own run's
+folder.  Training stops with :class:`~bbits_ref._errors.DivergedError` at the first non-finite
+loss, gradient or parameter, or a range β driven to 0 or below, naming the step, the epoch and
+the last good checkpoint; :meth:`Trainer.resume` can continue it with smaller learning rates
+(``lrs=``), which the run records.
 Notebook: ``notebooks/06_lenet5_mnist.ipynb``.
 """
 from __future__ import annotations
@@ -21,32 +28,35 @@ from pathlib import Path
 import numpy as np
 
 from bbits_ref.autograd import ops
+from bbits_ref._errors import DivergedError, UsageError
 from bbits_ref._files import write_json
+from bbits_ref.training import runs
 from bbits_ref.training.checkpoints import (CheckpointError, load_checkpoint, restore_rng,
                                             rng_state, save_checkpoint)
-from bbits_ref.datasets.loaders import Dataset, augment_cifar, batches, load_dataset
+from bbits_ref.datasets import Dataset, augment_cifar, batches, load_dataset
 from bbits_ref.autograd.engine import no_grad
 from bbits_ref.method.models import BBNet, lenet5, vgg7
 from bbits_ref.autograd.optim import Adam, linear_decay_last_third
 from bbits_ref.training.config import TrainConfig
 from bbits_ref.method.readout import model_readout
 
-__all__ = ["Trainer", "TrainingDiverged", "train", "build_model", "history_record"]
+__all__ = ["Trainer", "TrainingDiverged", "train", "build_model", "history_record",
+           "check_checkpoint_meta"]
 
-class TrainingDiverged(FloatingPointError):
-    """The loss or a gradient became NaN or infinite."""
+class TrainingDiverged(DivergedError):
+    """The loss, a gradient or a parameter became NaN or infinite, or a range β fell to ≤ 0."""
 
 
 def build_model(config: TrainConfig, rng) -> BBNet:
     """The model a config asks for (LeNet-5 or VGG-7 with its width)."""
     dtype = np.dtype(config.dtype)
     if config.model == "lenet5":
-        return lenet5(config.bb_config(), rng=rng, dtype=dtype)
-    return vgg7(config.width, config.bb_config(), rng=rng, dtype=dtype)
+        return lenet5(config.method, rng=rng, dtype=dtype)
+    return vgg7(config.width, config.method, rng=rng, dtype=dtype)
 
 
 def history_record(model: BBNet, **scalars) -> dict:
-    """One history entry: the given scalars plus the model's readout (spec §5, readout API)."""
+    """One history entry: the given scalars plus the model's readout (docs/method.md §5)."""
     r = model_readout(model)
     rec = dict(scalars)
     rec["relative_bops"] = r.relative_bops
@@ -61,7 +71,7 @@ def history_record(model: BBNet, **scalars) -> dict:
 
 
 def _load_data(config: TrainConfig):
-    """The config's dataset (raw uint8 images, spec §7.3)."""
+    """The config's dataset (raw uint8 images, docs/method.md §7.3)."""
     return load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
 
 
@@ -85,8 +95,8 @@ class Trainer:
     config : TrainConfig
     out_dir : where ``config.json``, ``history.json``, ``summary.json``, ``checkpoint.npz`` and
         ``figures/`` go (None: keep everything in memory).
-    data : optional :class:`bbits_ref.datasets.loaders.Dataset` (raw images, normalised per batch as in
-        spec §7.3), or a tuple ``(x_train, y_train, x_test, y_test)`` of already normalised
+    data : optional :class:`bbits_ref.datasets.Dataset` (raw images, normalised per batch as in
+        docs/method.md §7.3), or a tuple ``(x_train, y_train, x_test, y_test)`` of already normalised
         (N, C, H, W) float arrays; by default the config's dataset is loaded.
     progress : show tqdm progress bars (notebook-aware).
     verbose : print one line per epoch.
@@ -110,16 +120,20 @@ class Trainer:
             self.x_train, self.y_train, x_test, self.y_test = data
             self._normalize = lambda x: np.asarray(x, dtype=dtype)
         if len(self.x_train) < 2:
-            raise ValueError("training needs at least 2 examples (ranges are initialised from 2)")
+            raise UsageError(f"training needs at least 2 examples (the ranges are initialised "
+                             f"from 2); got {len(self.x_train)}: raise train_limit")
         self.x_test = self._normalize(x_test)            # evaluated every epoch: normalise once
         self.model = build_model(config, np.random.default_rng(init_seq))
-        # Official order (spec §7.3): push 2 training images, then build the optimizers.
+        # Official order (§7.3): push 2 training images, then build the optimizers.
         self.model.initialize(self._normalize(self.x_train[:2]), self.noise_rng)
         self.optimizer = self._make_optimizer()
         self.epoch = 0            # finished epochs
         self.step = 0             # finished optimizer steps
         self.history: list[dict] = []
         self.last_checkpoint: Path | None = None
+        self.run_id = runs.new_run_id()
+        self.lr_changes: list[dict] = []     # learning-rate changes made at resume
+        self._owns_out_dir = False           # True once out_dir is checked to be this run's
         self.started = time.time()
 
     # -- setup
@@ -202,7 +216,9 @@ class Trainer:
         """One optimizer step on a batch: fresh gate noise, CE + μ·R, backward, Adam.
 
         Returns ``(logits, ce, reg, loss)`` as tensors.  Raises :class:`TrainingDiverged` on a
-        non-finite loss or gradient, before any parameter is changed.
+        non-finite loss or gradient (before any parameter is changed), and on a non-finite
+        parameter or a range β ≤ 0 after the update (the model in memory is then spoiled; the
+        last checkpoint is not).
         """
         self.optimizer.zero_grad()
         logits = self.model(xb, noise=self.model.sample_noise(self.noise_rng))
@@ -213,6 +229,7 @@ class Trainer:
         loss.backward()
         self._check_grads()
         self.optimizer.step()
+        self._check_params()
         return logits, ce, reg, loss
 
     def _augment(self) -> bool:
@@ -227,11 +244,25 @@ class Trainer:
 
     def _check_finite(self, value: float, what: str) -> None:
         if not math.isfinite(value):
-            where = (f"the last good checkpoint is {self.last_checkpoint}"
-                     if self.last_checkpoint else "no checkpoint has been written yet")
-            raise TrainingDiverged(
-                f"{what} became {value} at step {self.step + 1} (epoch {self.epoch + 1}); {where}. "
-                "Try a smaller learning rate or μ, and resume from the checkpoint.")
+            self._diverged(f"{what} became {value}")
+
+    def _diverged(self, what: str):
+        c = self.config
+        flag = "--lr"
+        smaller = min([lr for lr in (c.lr_weights, c.lr_gates, c.lr_ranges) if lr > 0],
+                      default=1e-3) / 10
+        if self.last_checkpoint is not None:
+            run = (self.out_dir if self.out_dir is not None
+                   and self.last_checkpoint == self.out_dir / "checkpoint.npz"
+                   else self.last_checkpoint)
+            advice = (f"the last good checkpoint is {self.last_checkpoint} (epoch {self.epoch}): "
+                      f"resume from it with smaller learning rates, e.g. bbits-ref train "
+                      f"--resume {run} {flag} {smaller:g} --change-lr")
+        else:
+            advice = ("no checkpoint has been written yet: start again with smaller learning "
+                      f"rates (e.g. {flag} {smaller:g}) or a smaller μ")
+        raise TrainingDiverged(f"training diverged: {what} at step {self.step + 1} "
+                               f"(epoch {self.epoch + 1}); {advice}")
 
     def _check_grads(self) -> None:
         for g in self.optimizer.param_groups:
@@ -239,8 +270,14 @@ class Trainer:
                 if p.grad is not None and not np.isfinite(p.grad).all():
                     self._check_finite(float("nan"), f"a gradient in group {g.get('name')!r}")
 
+    def _check_params(self) -> None:
+        """After an update: every parameter finite and every range β > 0."""
+        problem = _bad_parameter(self.model)
+        if problem is not None:
+            self._diverged(problem)
+
     def evaluate(self, batch_size: int = 1000) -> float:
-        """Test accuracy with the deterministic gates (spec §3.4)."""
+        """Test accuracy with the deterministic gates (docs/method.md §3.4)."""
         self.model.eval()
         correct = 0
         with no_grad():
@@ -255,11 +292,14 @@ class Trainer:
         """Train until ``total_epochs`` (or ``stop_after`` more epochs, to simulate an interruption).
 
         After every epoch the checkpoint and history are written (when ``out_dir`` is set).
+        The first call checks that ``out_dir`` is this run's: absent, empty, resumed from, or
+        holding only the settings of a run that never reached its first checkpoint (anything
+        else raises :class:`~bbits_ref._errors.RunDirError`).  Every call removes the temporary
+        files that interrupted writes left there.
         Returns the summary.
         """
         if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.out_dir / "config.json", self.config.to_dict())
+            self._open_out_dir()
         done = 0
         while self.epoch < self.total_epochs and (stop_after is None or done < stop_after):
             rec = self.train_epoch()
@@ -274,6 +314,15 @@ class Trainer:
         if self.out_dir is not None and self.epoch >= self.total_epochs:
             write_json(self.out_dir / "summary.json", summary)
         return summary
+
+    def _open_out_dir(self) -> None:
+        if not self._owns_out_dir:      # a new run: the folder must hold no other run's results
+            runs.check_new_run(self.out_dir, allow_unstarted=True)
+            self._owns_out_dir = True
+        runs.clean_temp_files(self.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.out_dir / "run.json", runs.run_record(self.run_id, self.lr_changes))
+        write_json(self.out_dir / "config.json", self.config.to_dict())
 
     def summary(self) -> dict:
         r = model_readout(self.model)
@@ -293,7 +342,8 @@ class Trainer:
         path = Path(path) if path is not None else self.out_dir / "checkpoint.npz"
         meta = {"config": self.config.to_dict(), "epoch": self.epoch, "step": self.step,
                 "rng": {"data": rng_state(self.data_rng), "noise": rng_state(self.noise_rng)},
-                "history": self.history}
+                "history": self.history,
+                "run": {"id": self.run_id, "lr_changes": self.lr_changes}}
         save_checkpoint(path, model_state=self.model.state_dict(),
                         optim_state=self.optimizer.state_dict(), meta=meta)
         if self.out_dir is not None and path.parent == self.out_dir:
@@ -303,33 +353,147 @@ class Trainer:
 
     @classmethod
     def resume(cls, path, data=None, progress: bool = True, out_dir=None,
-               verbose: bool = True) -> "Trainer":
-        """Rebuild a trainer from ``checkpoint.npz`` (or a run directory) and continue."""
+               verbose: bool = True, lrs: dict | None = None) -> "Trainer":
+        """Rebuild a trainer from a run folder (or a checkpoint file) to continue it.
+
+        A run folder's ``checkpoint.npz`` continues in that folder, after checking it belongs
+        to the folder's run (same run id and settings as its ``config.json``).  Another file
+        continues in memory, or in ``out_dir`` if given (a new or empty folder).
+        ``lrs`` (keys ``lr_weights``, ``lr_gates``, ``lr_ranges``) changes learning rates from
+        the next epoch on: ``config.json`` holds the new rates, ``run.json`` and the checkpoint
+        list the change (``lr_changes``), and the history gets a ``kind="lr_change"`` record.
+        Every problem with the file is one :class:`CheckpointError` line naming it.
+        """
         path = Path(path)
         if path.is_dir():
             path = path / "checkpoint.npz"
-        model_state, optim_state, meta = load_checkpoint(path)
-        missing = [k for k in ("config", "rng", "epoch", "step", "history") if k not in meta]
-        if missing:
-            raise CheckpointError(f"{path} lacks {missing} in its metadata: it was not written "
-                                  "by Trainer.save and cannot be resumed")
-        config = TrainConfig.from_dict(meta["config"])
-        trainer = cls(config, out_dir=out_dir if out_dir is not None else path.parent,
-                      data=data, progress=progress, verbose=verbose)
-        trainer.model.load_state_dict(model_state)
-        trainer.optimizer.load_state_dict(optim_state)
-        trainer.data_rng = restore_rng(meta["rng"]["data"])
-        trainer.noise_rng = restore_rng(meta["rng"]["noise"])
-        trainer.epoch, trainer.step = int(meta["epoch"]), int(meta["step"])
+        built = {}
+
+        def expected_model(meta):             # the model the metadata describes, for the checks
+            config, run = check_checkpoint_meta(path, meta)
+            folder = runs.resume_folder(path, run.get("id"), meta["config"])
+            target = folder if out_dir is None else Path(out_dir)
+            trainer = cls(config, out_dir=target, data=data, progress=progress, verbose=verbose)
+            trainer._owns_out_dir = (target is not None and folder is not None
+                                     and target.resolve() == folder.resolve())
+            built.update(trainer=trainer, folder=folder, run=run)
+            return trainer.model.state_dict()
+
+        model_state, optim_state, meta = load_checkpoint(path, expected_model=expected_model)
+        trainer, folder, run = built["trainer"], built["folder"], built["run"]
+        try:
+            trainer.model.load_state_dict(model_state)
+            trainer.optimizer.load_state_dict(optim_state)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path} does not fit the model and optimizer its settings "
+                                  f"build: {str(exc)[:160]}") from exc
+        problem = _bad_parameter(trainer.model)
+        if problem is not None:
+            raise CheckpointError(f"{path} holds a diverged model ({problem}); resume from an "
+                                  "earlier checkpoint or start again")
+        try:
+            trainer.data_rng = restore_rng(meta["rng"]["data"])
+            trainer.noise_rng = restore_rng(meta["rng"]["noise"])
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
+        trainer.epoch, trainer.step = meta["epoch"], meta["step"]
         trainer.history = list(meta["history"])
         trainer.last_checkpoint = path
+        if run.get("id") is not None:
+            trainer.run_id = run["id"]
+        elif folder is not None:
+            trainer.run_id = runs.read_run_record(folder)[0] or trainer.run_id
+        trainer.lr_changes = list(run.get("lr_changes", []))
+        if lrs:
+            trainer._change_lrs(lrs)
         return trainer
+
+    def _change_lrs(self, lrs: dict) -> None:
+        """New learning rates from the next epoch on, recorded in the run (see :meth:`resume`)."""
+        unknown = sorted(set(lrs) - set(runs.LR_KEYS))
+        if unknown:
+            raise UsageError(f"lrs may change {list(runs.LR_KEYS)}; got {unknown}")
+        old = {k: getattr(self.config, k) for k in runs.LR_KEYS}
+        new = {k: float(v) for k, v in lrs.items() if v is not None and float(v) != old[k]}
+        if not new:
+            return
+        try:
+            config = self.config.replace(**new)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"invalid learning rate: {exc}") from exc
+        self.config = config
+        self.optimizer = self._rebuilt_optimizer()
+        change = {"epoch": self.epoch, "step": self.step,
+                  "old": {k: old[k] for k in new}, "new": new}
+        self.lr_changes.append(change)
+        self.history.append({"kind": "lr_change", **change})
+
+    def _rebuilt_optimizer(self) -> Adam:
+        """The optimizer of the (changed) config, carrying the current optimizer's state."""
+        state = self.optimizer.state_dict()
+        optimizer = self._make_optimizer()
+        optimizer.load_state_dict(state)
+        by_group = {"weights": "lr_weights", "gates": "lr_gates", "ranges": "lr_ranges"}
+        for group in optimizer.param_groups:
+            group["initial_lr"] = getattr(self.config, by_group[group["name"]])
+        optimizer.schedule(self.epoch)
+        return optimizer
+
+
+def _bad_parameter(model: BBNet) -> str | None:
+    """What is wrong with the parameters (a non-finite value, a range β ≤ 0), or None."""
+    for name, p in model.named_parameters():
+        if not np.isfinite(p.data).all():
+            bad = p.data[~np.isfinite(p.data)].flat[0]
+            return f"parameter {name} became {bad}"
+    for name, q in model.quantizers():
+        if q.beta is not None and not float(q.beta.data) > 0:
+            return f"the range β of {name} fell to {float(q.beta.data):.3g} (it must stay > 0)"
+    return None
+
+
+def check_checkpoint_meta(path: Path, meta: dict):
+    """``(TrainConfig, run)`` from a checkpoint's metadata, every field's type checked."""
+    def bad(what):
+        return CheckpointError(f"{path}: {what}; it was not written by Trainer.save (or is "
+                               "damaged) and cannot be resumed")
+
+    missing = [k for k in ("config", "rng", "epoch", "step", "history") if k not in meta]
+    if missing:
+        raise bad(f"its metadata lacks {missing}")
+    for key in ("epoch", "step"):
+        if type(meta[key]) is not int or not 0 <= meta[key] < 2**53:
+            raise bad(f"{key} should be a non-negative integer, got {repr(meta[key])[:30]}")
+    if not isinstance(meta["config"], dict):
+        raise bad("its config is not a JSON object")
+    rng = meta["rng"]
+    if not isinstance(rng, dict) or not all(isinstance(rng.get(k), dict) for k in ("data", "noise")):
+        raise bad("its generator states ('rng': data, noise) are missing or not objects")
+    for stream in ("data", "noise"):
+        try:
+            restore_rng(rng[stream])
+        except CheckpointError as exc:
+            raise bad(f"its {stream} generator: {exc}") from exc
+    history = meta["history"]
+    if not isinstance(history, list) or not all(
+            isinstance(h, dict) and h.get("kind") in ("step", "epoch", "lr_change")
+            for h in history):
+        raise bad("its history is not a list of step/epoch records")
+    run = meta.get("run", {})
+    if not isinstance(run, dict) or not isinstance(run.get("id", ""), str) or not isinstance(
+            run.get("lr_changes", []), list):
+        raise bad("its run record (id, lr_changes) is malformed")
+    try:
+        config = TrainConfig.from_dict(meta["config"])
+    except (ValueError, TypeError) as exc:
+        raise bad(f"its settings are invalid ({str(exc)[:120]})") from exc
+    return config, run
 
 
 def train(config: TrainConfig | None = None, out_dir=None, data=None, progress: bool = True,
           verbose: bool = True, **overrides) -> tuple[Trainer, dict]:
     """Train a model in one call: ``trainer, summary = train(epochs=3, mu=0.1)``."""
-    config = dataclasses.replace(config or TrainConfig(), **overrides)
+    config = (config or TrainConfig()).replace(**overrides)
     trainer = Trainer(config, out_dir=out_dir, data=data, progress=progress, verbose=verbose)
     return trainer, trainer.fit()
 

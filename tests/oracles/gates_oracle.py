@@ -1,4 +1,4 @@
-"""HIPS-autograd versions of the gate and prior formulas (spec §3, §4), written from the math.
+"""HIPS-autograd versions of the gate and prior formulas (docs/method.md §3, §4), written from the math.
 
 Independent of :mod:`bbits_ref.method.gates` and :mod:`bbits_ref.method.prior`: the probabilities come from the
 CDF of the stretched variable (1 − P(s̄ ≤ 0)) instead of the closed-form offset, the chain products

@@ -1,4 +1,4 @@
-"""HIPS-autograd oracle for the Bayesian Bits quantizer primitive ``bb_quantize`` (spec §2.2–2.6).
+"""HIPS-autograd oracle for the Bayesian Bits quantizer primitive ``bb_quantize`` (docs/method.md §2.2–2.6).
 
 Written from the spec's formulas with ``autograd.numpy``, independently of bbits_ref: the
 official two-ReLU clip (relu'(0) = 0), chained step sizes, residuals formed left to right,
@@ -33,7 +33,7 @@ def relu(t):
 
 
 def clip_official(x, lo, hi):
-    """hi − relu(hi − lo − relu(x − lo)), the official code's clip (spec §2.2, §2.3a)."""
+    """hi − relu(hi − lo − relu(x − lo)), the official code's clip (§2.2, §2.3a)."""
     return hi - relu(hi - lo - relu(x - lo))
 
 
@@ -43,7 +43,7 @@ def clip_numpy(x, lo, hi):
 
 
 def bb_quantize(x, beta, z2, z4, z8, z16, z32, signed, clip="official"):
-    """x_q = z2·(A2 + z4·(e4 + z8·(e8 + z16·(e16 + z32·e32)))) (spec §2.4–2.5)."""
+    """x_q = z2·(A2 + z4·(e4 + z8·(e8 + z16·(e16 + z32·e32)))) (§2.4–2.5)."""
     dtype = onp.asarray(getval(x)).dtype
     hi = (1 - EPS) * beta
     lo = -hi if signed else onp.zeros((), dtype)

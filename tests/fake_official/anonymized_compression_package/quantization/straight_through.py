@@ -1,10 +1,10 @@
 """STAND-IN for the official straight_through.py: NOT the official code.
 
-Written for the bbits_ref tests from the signatures listed in spec §9 and the formulas of spec
+Written for the bbits_ref tests from the signatures listed in docs/method.md §9 and the formulas of
 §2.2–2.5 and §3.2–3.3, to exercise ``bbits_ref.conformance.official.OfficialAdapter`` without a
 clone of Qualcomm-AI-research/BayesianBits.  Nothing here is copied from that repository.
 
-Like the real module (spec §9) it imports only torch and numpy, ``l0_sample`` draws its own
+Like the real module (§9) it imports only torch and numpy, ``l0_sample`` draws its own
 noise and moves it to the GPU unconditionally, and ``BayesianBitsQuantizer`` places its tensors
 on the GPU unless the class attribute ``cuda`` is False.  ``CALLS`` counts calls, so the tests
 can check what the adapter used.
@@ -16,7 +16,7 @@ CALLS = {"recursive_quantization": 0, "hc_prob_pos": 0, "l0_sample": 0, "round":
 
 
 class RoundStraightThrough(torch.autograd.Function):
-    """Round half to even; identity gradient (straight-through estimator, spec §2.6)."""
+    """Round half to even; identity gradient (straight-through estimator, §2.6)."""
 
     @staticmethod
     def forward(ctx, x):
@@ -32,13 +32,13 @@ round_ste_func = RoundStraightThrough.apply
 
 
 def hc_prob_pos(p, beta=2 / 3, zeta=1.1, gamma=-0.1):
-    """P(z != 0) = sigmoid(phi - beta*log(-gamma/zeta)) (spec §3.3)."""
+    """P(z != 0) = sigmoid(phi - beta*log(-gamma/zeta)) (§3.3)."""
     CALLS["hc_prob_pos"] += 1
     return torch.sigmoid(p - beta * np.log(-gamma / zeta))
 
 
 def l0_sample(log_alpha, beta, zeta, gamma):
-    """Hard-concrete sample from its own noise, on the GPU whatever the input (spec §9)."""
+    """Hard-concrete sample from its own noise, on the GPU whatever the input (§9)."""
     CALLS["l0_sample"] += 1
     u = torch.rand(log_alpha.shape).cuda()
     s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + log_alpha) / beta)
@@ -46,7 +46,7 @@ def l0_sample(log_alpha, beta, zeta, gamma):
 
 
 def recursive_quantization(x, s2, s4, s8, s16, s32, z2, z4, z8, z16, z32, round_fn):
-    """Gated residual decomposition of an already clipped x (spec §2.4-2.5).
+    """Gated residual decomposition of an already clipped x (§2.4-2.5).
 
     Residuals are formed left to right; the chain stops at a gate that is None or exactly 0.
     """
@@ -68,7 +68,7 @@ def recursive_quantization(x, s2, s4, s8, s16, s32, z2, z4, z8, z16, z32, round_
 
 
 class BayesianBitsQuantizer(torch.nn.Module):
-    """A shell with the class constants of spec §10; construction needs cuda = False on a CPU."""
+    """A shell with the class constants of §10; construction needs cuda = False on a CPU."""
 
     cuda = True
     hc_beta = 2 / 3
