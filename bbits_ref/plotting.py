@@ -5,22 +5,30 @@ logging step (``kind="step"``) and per finished epoch (``kind="epoch"``, the onl
 ``test_acc``), each carrying the readout of every quantizer
 (:func:`bbits_ref.training.trainer.history_record`):
 
-* :func:`plot_gate_probabilities` — π_b = q(z_b ≠ 0 | z_{b/2} = 1) = sigmoid(φ_b + 1.598597)
-  for every quantizer and gate (spec §3.3), and the mean P(z2 ≠ 0) of pruned layers;
-* :func:`plot_bit_widths` — log2 E_q[bit width] per quantizer (pruned channels count 0 bits);
-* :func:`plot_bops_accuracy` — relative BOPs (spec §5) against test accuracy, epoch by epoch;
-* :func:`plot_kept_channels` — fraction of output channels whose test-time z2 is 1 (spec §3.4);
-* :func:`plot_training_curves` — cross-entropy and the regularizer (spec §4.3).
+* :func:`plot_gate_probabilities` — one small panel per quantizer (a column per layer, weights
+  above activations) of π_b = q(z_b ≠ 0 | z_{b/2} = 1) = sigmoid(φ_b + 1.598597) for every gate
+  (docs/method.md §3.3) and the mean P(z2 ≠ 0) of pruned layers, with the test-time threshold
+  (§3.4) and the hard cut (§3.5) drawn;
+* :func:`plot_bit_widths` — the test-time bit width per quantizer as a step line, beside the
+  expected bit width E_q[bits] (dashed, pruned channels count 0 bits), on a log2 axis;
+* :func:`plot_bops_accuracy` — relative BOPs (§5) against test accuracy, epoch by epoch, with
+  reference marks (uniform w8a8 and w2a2 BOPs, the paper's result: :func:`reference_marks`);
+* :func:`plot_kept_channels` — fraction of output channels whose test-time z2 is 1 (§3.4);
+* :func:`plot_training_curves` — cross-entropy and the regularizer (§4.3).
 
+Of a trained model: :func:`plot_layer_bops` (each layer's share of the BOPs beside its share of
+the 32/32 baseline) and :func:`plot_bit_distribution` (the point masses P(bit width = b), as stems).
 A sweep's figure, :func:`plot_pareto`, places trained models by (relative BOPs, test accuracy)
-and draws their Pareto front (spec §7.4). Every ``plot_*`` function takes ``ax=`` (a new figure
-when None) and returns the artists it drew, so tests and notebooks can inspect them.
-:func:`save_run_figures` and :func:`save_sweep_figures` write the PNGs of a run or sweep.
-Notebook: ``notebooks/06_lenet5_mnist.ipynb``.
+and draws their Pareto front (§7.4). Every ``plot_*`` function takes ``ax=`` (a new figure when
+None; the multi-panel ones take ``fig=`` as well) and returns the artists it drew, so tests and
+notebooks can inspect them. Colours name layers, always in the same order (tab10: conv1 blue,
+conv2 orange…). :func:`save_run_figures` and :func:`save_sweep_figures` write the PNGs of a run
+or sweep. Notebook: ``notebooks/06_lenet5_mnist.ipynb``.
 """
 from __future__ import annotations
 
 import io
+import math
 import numbers
 import os
 import warnings
@@ -31,25 +39,72 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 from bbits_ref._files import atomic_write_bytes
+from bbits_ref.method.bops import LayerCost, relative_bops, uniform_relative_bops
+from bbits_ref.method.gates import Gate, make_gate
+from bbits_ref.method.readout import BIT_CHOICES
 from bbits_ref.training.experiments import pareto_front
 
-__all__ = ["GATE_BITS", "plot_gate_probabilities", "plot_bit_widths", "plot_bops_accuracy",
-           "plot_kept_channels", "plot_training_curves", "plot_pareto", "pareto_front",
-           "save_run_figures", "save_sweep_figures", "BopsAccuracyArtists", "ParetoArtists"]
+__all__ = ["GATE_BITS", "PAPER_RESULTS", "plot_gate_probabilities", "plot_bit_widths",
+           "plot_bops_accuracy", "plot_kept_channels", "plot_training_curves", "plot_layer_bops",
+           "plot_bit_distribution", "plot_pareto", "pareto_front", "gate_levels",
+           "reference_marks", "save_run_figures", "save_sweep_figures", "Reference",
+           "GateArtists", "BitWidthArtists", "BopsAccuracyArtists", "LayerBopsArtists",
+           "ParetoArtists"]
 
 #: The chained gates z4 → z8 → z16 → z32 (z2 is the pruning gate, plotted separately).
 GATE_BITS = (4, 8, 16, 32)
 _GATE_STYLES = {4: "-", 8: "--", 16: "-.", 32: ":"}
+# The gates figure colours gates, not layers (Dark2: distinct, and readable when printed grey).
+_GATE_COLORS = {4: "#1b9e77", 8: "#d95f02", 16: "#7570b3", 32: "#e7298a"}
 _FIGSIZE = (6.0, 4.0)
-_EVENT_KINDS = ("lr_change",)
+_PANEL_SIZE = (2.3, 1.85)       # inches per small panel
+_PANELS_PER_ROW = 4             # layers per row of panels (VGG-7's 8 layers wrap onto 2 blocks)
+_EVENT_KINDS = ("note",)
 _HISTORY_HELP = ("expected the list of records of bbits_ref.training.trainer.history_record "
                  "(Trainer.history, or json.loads of a run's history.json)")
+
+#: Published results (relative BOPs %, top-1 accuracy) to mark on BOP–accuracy plots, keyed by
+#: (model, dataset): van Baalen et al. 2020, official README (docs/method.md §7.4).
+PAPER_RESULTS = {
+    ("lenet5", "mnist"): (("paper (BB, μ=0.1)", 0.36, 0.9930),),
+    ("vgg7", "cifar10"): (("paper (BB, μ=0.01)", 0.51, 0.9323),
+                          ("paper (BB, μ=0.1)", 0.29, 0.9196)),
+}
+#: The uniform configurations marked on BOP–accuracy plots as (label, w_bits, a_bits).
+UNIFORM_REFERENCES = (("w8a8 uniform", 8, 8), ("w2a2 uniform", 2, 2))
+
+
+class Reference(NamedTuple):
+    """A reference mark on a BOP–accuracy plot: a point, or a vertical line without accuracy."""
+    label: str
+    relative_bops: float
+    test_accuracy: float | None = None
+
+
+class GateArtists(NamedTuple):
+    panels: dict          # quantizer name → the Axes it is drawn on
+    lines: list           # the data lines: per quantizer its gates π_b, then its mean P(z2≠0)
+    thresholds: list      # per Axes: the test-time threshold line, then the hard-cut line
+    cuts: list            # one PathCollection per hard cut seen in the history (× markers)
+
+
+class BitWidthArtists(NamedTuple):
+    panels: dict          # quantizer name → the Axes it is drawn on
+    steps: list           # test-time bit width per quantizer (drawstyle "steps-post")
+    expected: list        # E_q[bit width] per quantizer (dashed)
 
 
 class BopsAccuracyArtists(NamedTuple):
     line: Line2D          # the path through the epochs, in order
     points: object        # PathCollection: one point per epoch, coloured by epoch
-    annotations: list     # the "start"/"end" labels
+    ends: list            # Line2D markers of the first ("start") and last ("end") epoch
+    references: tuple = ()  # per Reference: a vertical Line2D, or a PathCollection (a point)
+
+
+class LayerBopsArtists(NamedTuple):
+    learned: object       # BarContainer: each layer's share (%) of the model's BOPs
+    baseline: object      # BarContainer: each layer's share (%) of the 32/32 baseline's BOPs
+    labels: list          # the percent labels on the bars
 
 
 class ParetoArtists(NamedTuple):
@@ -62,8 +117,15 @@ class ParetoArtists(NamedTuple):
 def _new_ax(ax):
     if ax is None:
         import matplotlib.pyplot as plt   # only here: saving figures never touches pyplot
-        _, ax = plt.subplots(figsize=_FIGSIZE)
+        _, ax = plt.subplots(figsize=_FIGSIZE, layout="constrained")
     return ax
+
+
+def _new_fig(fig, figsize):
+    if fig is None:
+        import matplotlib.pyplot as plt
+        fig = plt.figure(figsize=figsize, layout="constrained")
+    return fig
 
 
 def _check_history(history) -> list:
@@ -72,7 +134,7 @@ def _check_history(history) -> list:
                         "load the file first: json.loads(Path(path).read_text())")
     if not isinstance(history, (list, tuple)) and not hasattr(history, "__iter__"):
         raise TypeError(f"got a {type(history).__name__}, {_HISTORY_HELP}")
-    # Event records (a learning-rate change at a resume, kind="lr_change") carry no readout.
+    # Note records (e.g. a learning-rate change at a resume, kind="note") carry no readout.
     records = [rec for rec in history
                if not (isinstance(rec, dict) and rec.get("kind") in _EVENT_KINDS)]
     if not records:
@@ -127,12 +189,70 @@ def _scalar(records, key):
     return np.asarray([rec[key] for rec in records], dtype=np.float64)
 
 
+def _check_both_axes(ax, fig):
+    if ax is not None and fig is not None:
+        raise ValueError("give ax= (everything on one Axes) or fig= (one small panel per "
+                         "quantizer), not both")
+
+
+# ----------------------------------------------------------------------------- names, colours
+def _split_name(name: str) -> tuple[str, str]:
+    """'conv1.weight_quantizer' → ('conv1', 'weight'); 'conv1.act_quantizer' → ('conv1',
+    'activation'); any other name is its own layer of kind 'other'."""
+    for suffix, kind in ((".weight_quantizer", "weight"), (".act_quantizer", "activation")):
+        if name.endswith(suffix):
+            return name[:-len(suffix)], kind
+    return name, "other"
+
+
 def _short_name(name: str) -> str:
     """'conv1.weight_quantizer' → 'conv1 w', 'conv1.act_quantizer' → 'conv1 a' (for legends)."""
-    for suffix, tag in ((".weight_quantizer", " w"), (".act_quantizer", " a")):
-        if name.endswith(suffix):
-            return name[:-len(suffix)] + tag
-    return name
+    layer, kind = _split_name(name)
+    return {"weight": f"{layer} w", "activation": f"{layer} a"}.get(kind, name)
+
+
+def _layers(names) -> list:
+    return list(dict.fromkeys(_split_name(n)[0] for n in names))
+
+
+def _layer_colors(layers) -> dict:
+    """A distinct colour per layer, in order: tab10 (tab20 for 11–20 layers, then it repeats)."""
+    from matplotlib import colormaps
+    layers = list(dict.fromkeys(layers))
+    colors = colormaps["tab10" if len(layers) <= 10 else "tab20"].colors
+    return {layer: colors[i % len(colors)] for i, layer in enumerate(layers)}
+
+
+def _quantizer_colors(names) -> dict:
+    """Colours for quantizers sharing one Axes: the layer's tab10 hue, dark for the weights and
+    light for the activations (tab20 pairs), so no two quantizers of ≤ 10 layers look alike."""
+    from matplotlib import colormaps
+    tab20 = colormaps["tab20"].colors
+    layers = _layers(names)
+    return {n: tab20[2 * (layers.index(_split_name(n)[0]) % 10)
+                     + (_split_name(n)[1] == "activation")] for n in names}
+
+
+def _plain_numbers(ax):
+    """No offset or ×10^k notation on linear axes: tick labels read as the numbers they are."""
+    from matplotlib.ticker import ScalarFormatter
+    for axis in (ax.xaxis, ax.yaxis):
+        formatter = axis.get_major_formatter()
+        if isinstance(formatter, ScalarFormatter):
+            formatter.set_useOffset(False)
+            formatter.set_scientific(False)
+
+
+def _log2_bits_axis(ax, low):
+    """Log2 y axis with ticks at the bit widths 2, 4, 8, 16, 32 (and 1, ½… when E_q < 2)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+    k0 = min(1, int(np.floor(np.log2(low)))) if np.isfinite(low) and low > 0 else 1
+    ticks = 2.0 ** np.arange(max(k0, -4), 6)
+    ax.set_yscale("log", base=2)
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.set_ylim(ticks[0] / 1.25, 32 * 1.25)
 
 
 def _log_bops_axis(ax):
@@ -143,9 +263,10 @@ def _log_bops_axis(ax):
     """
     from matplotlib.ticker import FuncFormatter
 
-    ax.set_xlabel("relative BOPs (%)")
+    ax.set_xlabel("relative BOPs (% of 32/32 bits)")
     if not np.isfinite(ax.dataLim.minposx) or not (ax.dataLim.x1 > 0):
         ax.margins(0.12)
+        _plain_numbers(ax)
         ax.text(0.5, 0.02, "0 BOPs: every channel pruned (linear axis)", transform=ax.transAxes,
                 ha="center", va="bottom", fontsize="small")
         return
@@ -163,7 +284,13 @@ def _log_bops_axis(ax):
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(minor_label))
     ax.margins(0.12)          # room for the point labels near the edges
-    ax.set_xlabel("relative BOPs (%)")
+
+
+def _accuracy_axis(ax):
+    """Accuracy (a fraction in the data) labelled in percent: 0.993 reads 99.3%."""
+    from matplotlib.ticker import PercentFormatter
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.set_ylabel("test accuracy")
 
 
 def _positive_bops(bops, what):
@@ -176,48 +303,77 @@ def _positive_bops(bops, what):
     return ok
 
 
-# ----------------------------------------------------------------------------- run figures
-def plot_gate_probabilities(history, ax=None, quantizers=None, gates=GATE_BITS,
-                            include_prune=True) -> list:
-    """π_b = q(z_b ≠ 0 | z_{b/2} = 1) over training (spec §3.3), a line per quantizer and gate.
+# ----------------------------------------------------------------------------- panel grids
+def _grid_shape(names):
+    """(rows, cols, {name: (row, col)}): a column per layer (wrapping after 4 layers), a row per
+    quantizer kind present (weights above activations)."""
+    parts = [_split_name(n) for n in names]
+    layers = _layers(names)
+    kinds = [k for k in ("weight", "activation", "other") if any(p[1] == k for p in parts)]
+    cols = min(len(layers), _PANELS_PER_ROW)
+    blocks = math.ceil(len(layers) / cols)
+    where = {n: ((layers.index(layer) // cols) * len(kinds) + kinds.index(kind),
+                 layers.index(layer) % cols) for n, (layer, kind) in zip(names, parts)}
+    return blocks * len(kinds), cols, where
 
-    Colour = quantizer, line style = gate. With ``include_prune`` a thick pale line adds the mean
-    over channels of P(z2 ≠ 0) for quantizers with pruning gates. Hard-cut gates read 0 (§3.5).
-    Returns the Line2D list in drawing order (per quantizer: the gates, then the z2 line).
+
+def _panel_figsize(names, extra_width=0.0):
+    if not names:
+        return _FIGSIZE
+    rows, cols, _ = _grid_shape(names)
+    return (_PANEL_SIZE[0] * cols + extra_width, _PANEL_SIZE[1] * rows + 0.7)
+
+
+def _panels(fig, names):
+    """One small Axes per quantizer on ``fig`` (shared axes); returns ({name: Axes}, spare Axes)."""
+    rows, cols, where = _grid_shape(names)
+    grid = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
+    panels = {n: grid[r, c] for n, (r, c) in where.items()}
+    used = set(where.values())
+    spare = [grid[r, c] for r in range(rows) for c in range(cols) if (r, c) not in used]
+    for r in range(rows):
+        for c in range(cols):
+            # x tick labels under every panel with no panel below it; y labels in column 0.
+            below_free = r == rows - 1 or (r + 1, c) not in used
+            grid[r, c].tick_params(labelbottom=below_free, labelleft=c == 0)
+    for ax in spare:
+        ax.set_axis_off()
+    return panels, spare
+
+
+def _panel_title(name):
+    layer, kind = _split_name(name)
+    return {"weight": f"{layer} weights", "activation": f"{layer} output activations"}.get(
+        kind, name)
+
+
+def _panel_legend(fig, spare, handles):
+    """The shared legend: in an empty grid cell if there is one, else under the panels."""
+    if spare:
+        return spare[-1].legend(handles=handles, loc="center", fontsize="small", frameon=False)
+    return fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4),
+                      fontsize="small", frameon=False)
+
+
+def _no_quantizers(ax):
+    ax.text(0.5, 0.5, "no quantizers in this model (full precision)", transform=ax.transAxes,
+            ha="center", va="center")
+
+
+# ----------------------------------------------------------------------------- run figures
+def gate_levels(gate="hard_concrete") -> tuple[float, float]:
+    """(π at the test-time threshold, π at the hard cut) of a gate kind or :class:`Gate`.
+
+    Hard concrete: a gate is on at test time iff P(z = 0) < 0.34, i.e. π > 0.66 (§3.4); a chain
+    gate is cut for good once φ ≤ −2, i.e. π ≤ sigmoid(−2 + 1.598597) = 0.401 (§3.5).
     """
-    records = _check_history(history)
-    names = _select_quantizers(records, quantizers)
-    gates = tuple(gates)
-    if not gates or any(b not in GATE_BITS for b in gates):
-        raise ValueError(f"gates must be a non-empty subset of {GATE_BITS}, got {gates}")
-    ax = _new_ax(ax)
-    epoch = _scalar(records, "epoch")
-    lines = []
-    for qi, name in enumerate(names):
-        color = f"C{qi % 10}"
-        chain = _chain_probs(records, name)                      # (records, 4)
-        for b in gates:
-            line, = ax.plot(epoch, chain[:, GATE_BITS.index(b)], color=color,
-                            linestyle=_GATE_STYLES[b], label=f"{name}: q(z{b}≠0 | z{b // 2}=1)")
-            lines.append(line)
-        prune = _column(records, name, "prune_prob_mean")
-        if include_prune and not np.isnan(prune).all():
-            line, = ax.plot(epoch, prune, color=color, linewidth=3, alpha=0.4,
-                            label=f"{name}: mean P(z2≠0)")
-            lines.append(line)
-    # A compact legend: colours name quantizers, styles name gates (proxies, not data lines).
-    handles = [Line2D([], [], color=f"C{qi % 10}", label=_short_name(n))
-               for qi, n in enumerate(names)]
-    handles += [Line2D([], [], color="0.3", linestyle=_GATE_STYLES[b], label=f"π{b}")
-                for b in gates]
-    if include_prune and len(lines) > len(names) * len(gates):
-        handles.append(Line2D([], [], color="0.3", linewidth=3, alpha=0.4, label="P(z2≠0)"))
-    ax.legend(handles=handles, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("probability the gate is on")
-    ax.set_title("Gate probabilities q(z_b ≠ 0 | parent on)")
-    return lines
+    g = make_gate(gate) if isinstance(gate, str) else gate
+    if not isinstance(g, Gate):
+        raise TypeError(f"gate must be a gate kind ('hard_concrete', 'gumbel_softmax') or a "
+                        f"Gate; got {type(gate).__name__}")
+    on = np.asarray(g.prob_nonzero(np.float64(g.threshold_logit())).data)
+    cut = np.asarray(g.prob_nonzero(np.float64(g.hard_cut_logit)).data)
+    return float(on), float(cut)
 
 
 def _chain_probs(records, name) -> np.ndarray:
@@ -228,47 +384,268 @@ def _chain_probs(records, name) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def plot_bit_widths(history, ax=None, quantizers=None) -> list:
-    """log2 E_q[bit width] per quantizer over training; y ticks 1…5 read 2…32 bits.
+def _cut_indices(pi) -> np.ndarray:
+    """Records where a gate starts to read exactly 0 after reading more (the hard cut, §3.5)."""
+    return np.flatnonzero((pi[1:] == 0) & (pi[:-1] > 0)) + 1
 
-    E_q[b] = Σ_b b·P(b) with b ∈ {0, 2, 4, 8, 16, 32} (pruned channels count 0 bits), so a
-    pruned layer can fall below 2 bits; fully pruned (E = 0) points are left out.
-    Returns one Line2D per quantizer.
+
+def plot_gate_probabilities(history, ax=None, quantizers=None, gates=GATE_BITS,
+                            include_prune=True, fig=None, gate="hard_concrete",
+                            hard_cut=True) -> GateArtists:
+    """π_b = q(z_b ≠ 0 | z_{b/2} = 1) over training (§3.3): one small panel per quantizer.
+
+    Default (or ``fig=``): a grid of panels, a column per layer, weights above activations;
+    colour and line style name the gate (π4 … π32), a thick grey line is the mean over channels
+    of P(z2 ≠ 0) for pruned layers. With ``ax=`` every quantizer goes on that one Axes
+    (colour = quantizer, line style = gate).
+
+    The shaded band below the dashed line is where a gate is off at test time (P(z = 0) ≥ 0.34,
+    i.e. π ≤ 0.66 for hard concrete, §3.4; for z2 this holds per channel, the mean only hints at
+    it). A chain gate whose π falls to the dotted line (φ ≤ −2, π ≤ 0.40) is cut for good and
+    reads 0 from then on (§3.5, with ``hard_cut``): × marks where the history shows a cut. Gates
+    that read 0 in every record (cut from the start, as π16 and π32 on MNIST) are named in a
+    note instead of drawn. ``gate`` (a kind or :class:`Gate`) sets the two levels.
     """
+    from matplotlib.transforms import blended_transform_factory
+    _check_both_axes(ax, fig)
     records = _check_history(history)
     names = _select_quantizers(records, quantizers)
-    ax = _new_ax(ax)
+    gates = tuple(gates)
+    if not gates or any(b not in GATE_BITS for b in gates):
+        raise ValueError(f"gates must be a non-empty subset of {GATE_BITS}, got {gates}")
+    on_level, cut_level = gate_levels(gate)
+    single = ax is not None
+    if single:
+        panels, spare = dict.fromkeys(names, ax), []
+    else:
+        fig = _new_fig(fig, _panel_figsize(names))
+        if names:
+            panels, spare = _panels(fig, names)
+        else:
+            ax = fig.add_subplot()
+            panels, spare = {}, []
     epoch = _scalar(records, "epoch")
-    lines = []
-    for qi, name in enumerate(names):
+    colors = _quantizer_colors(names)
+    lines, cuts, notes, drawn = [], [], {}, set()
+    for name in names:
+        pax, chain = panels[name], _chain_probs(records, name)
+        for b in gates:
+            pi = chain[:, GATE_BITS.index(b)]
+            if (pi == 0).all():
+                notes.setdefault(pax, []).append(f"π{b}")
+                continue
+            color = colors[name] if single else _GATE_COLORS[b]
+            line, = pax.plot(epoch, pi, color=color, linestyle=_GATE_STYLES[b], linewidth=1.6,
+                             label=f"{name}: q(z{b}≠0 | z{b // 2}=1)")
+            lines.append(line)
+            drawn.add(b)
+            at = _cut_indices(pi)
+            if hard_cut and at.size:
+                cuts.append(pax.scatter(epoch[at], pi[at - 1], marker="x", s=36, color=color,
+                                        linewidths=1.5, zorder=4, label=f"{name}: π{b} cut"))
+        prune = _column(records, name, "prune_prob_mean")
+        if include_prune and not np.isnan(prune).all():
+            line, = pax.plot(epoch, prune, color=colors[name] if single else "0.2",
+                             linewidth=3.5, alpha=0.45, label=f"{name}: mean P(z2≠0)")
+            lines.append(line)
+    thresholds = []
+    for pax in dict.fromkeys(panels.values()) if names else [ax]:
+        pax.axhspan(0.0, on_level, color="0.92", zorder=0, linewidth=0)
+        thresholds.append(pax.axhline(on_level, color="0.25", linestyle=(0, (5, 2)),
+                                      linewidth=1.0, label="test-time threshold"))
+        if hard_cut:
+            thresholds.append(pax.axhline(cut_level, color="0.25", linestyle=":", linewidth=1.2,
+                                          label="hard cut"))
+        if pax in notes:
+            # In a strip below 0, where no line runs.
+            note = (f"{len(notes[pax])} gate lines read 0 all run (cut), not drawn" if single
+                    else ", ".join(notes[pax]) + ": 0 all run (cut)")
+            pax.text(0.03, -0.11, note,
+                     transform=blended_transform_factory(pax.transAxes, pax.transData),
+                     fontsize="x-small", va="center", ha="left", color="0.3")
+        pax.set_ylim(-0.2 if notes else -0.03, 1.04)
+        pax.set_yticks([0, 0.25, 0.5, 0.75, 1])
+        _plain_numbers(pax)
+    levels = [Line2D([], [], color="0.25", linestyle=(0, (5, 2)),
+                     label=f"test-time threshold π = {on_level:.2f}\n(shaded: off at test time)")]
+    if hard_cut:
+        levels += [Line2D([], [], color="0.25", linestyle=":",
+                          label=f"hard cut π = {cut_level:.2f} (φ ≤ −2)"),
+                   Line2D([], [], color="0.25", marker="x", linestyle="none",
+                          label="gate cut: reads 0 after")]
+    prune_drawn = include_prune and any(line.get_label().endswith("P(z2≠0)") for line in lines)
+    if single:
+        handles = [Line2D([], [], color=colors[n], label=_short_name(n)) for n in names]
+        handles += [Line2D([], [], color="0.3", linestyle=_GATE_STYLES[b], label=f"π{b}")
+                    for b in gates if b in drawn]
+        if prune_drawn:
+            handles.append(Line2D([], [], color="0.3", linewidth=3.5, alpha=0.45,
+                                  label="mean P(z2≠0)"))
+        ax.legend(handles=handles + levels, fontsize="x-small", loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("P(gate on | previous gate on)")
+        ax.set_title("Gate probabilities π_b = q(z_b ≠ 0 | z_b/2 = 1)")
+        if not names:
+            _no_quantizers(ax)
+        return GateArtists(panels, lines, thresholds, cuts)
+    handles = [Line2D([], [], color=_GATE_COLORS[b], linestyle=_GATE_STYLES[b], linewidth=1.6,
+                      label=f"π{b} = q(z{b}≠0 | z{b // 2}=1)") for b in gates if b in drawn]
+    if prune_drawn:
+        handles.append(Line2D([], [], color="0.2", linewidth=3.5, alpha=0.45,
+                              label="mean over channels of P(z2≠0)"))
+    if names:
+        for name, pax in panels.items():
+            pax.set_title(_panel_title(name), fontsize="medium")
+        _panel_legend(fig, spare, handles + levels)
+        fig.supxlabel("epoch")
+        fig.supylabel("probability the gate is on")
+    else:
+        _no_quantizers(ax)
+    fig.suptitle("Gate probabilities during training (one panel per quantizer)")
+    return GateArtists(panels, lines, thresholds, cuts)
+
+
+def plot_bit_widths(history, ax=None, quantizers=None, fig=None) -> BitWidthArtists:
+    """Test-time bit width (step line) and E_q[bit width] (dashed) per quantizer, log2 y axis.
+
+    The test-time width comes from the deterministic gates (§3.4, the one the BOPs count, §5);
+    E_q[b] = Σ_b b·P(b) with b ∈ {0, 2, 4, 8, 16, 32} counts pruned channels as 0 bits, so a
+    pruned layer's E_q can fall below 2 (fully pruned points, 0 bits, are left out). Default
+    (or ``fig=``): one small panel per quantizer in its layer's colour; with ``ax=`` all on one
+    Axes (weights dark, activations light).
+    """
+    _check_both_axes(ax, fig)
+    records = _check_history(history)
+    names = _select_quantizers(records, quantizers)
+    single = ax is not None
+    if single:
+        panels, spare = dict.fromkeys(names, ax), []
+        colors = _quantizer_colors(names)
+    else:
+        fig = _new_fig(fig, _panel_figsize(names))
+        panels, spare = _panels(fig, names) if names else ({}, [])
+        if not names:
+            ax = fig.add_subplot()
+        all_layers = _layers(records[0]["quantizers"])
+        layer_colors = _layer_colors(all_layers)
+        colors = {n: layer_colors[_split_name(n)[0]] for n in names}
+    epoch = _scalar(records, "epoch")
+    steps, expected_lines, low = [], [], np.inf
+    for name in names:
+        pax = panels[name]
+        bits = _column(records, name, "bits")
         expected = _column(records, name, "expected_bits")
-        with np.errstate(divide="ignore"):
-            log_bits = np.log2(expected)
-        log_bits[~np.isfinite(log_bits)] = np.nan      # log2(0) = -inf would wreck the y range
-        line, = ax.plot(epoch, log_bits, color=f"C{qi % 10}", label=_short_name(name))
-        lines.append(line)
-    if not lines:                                  # a full-precision model: nothing to draw
-        ax.text(0.5, 0.5, "no quantizers in this model", transform=ax.transAxes,
-                ha="center", va="center")
-    ys = np.concatenate([np.asarray(line.get_ydata(), dtype=np.float64) for line in lines]
-                        + [np.array([np.nan])])
-    low = np.nanmin(ys) if not np.isnan(ys).all() else 1.0   # below 1 only for pruned layers
-    ticks = np.arange(min(1, int(np.floor(low))), 6)
-    ax.set_yticks(ticks, [f"{2.0 ** k:g}" for k in ticks])
-    ax.set_ylim(ticks[0] - 0.2, 5.2)
-    if lines:
-        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("E_q[bit width] (bits, log2 scale)")
-    ax.set_title("Expected bit width per quantizer")
-    return lines
+        bits[~(bits > 0)] = np.nan                   # 0 bits cannot sit on a log axis
+        expected[~(expected > 0)] = np.nan
+        step, = pax.plot(epoch, bits, drawstyle="steps-post", color=colors[name], linewidth=2.2,
+                         label=f"{_short_name(name)}: test-time bits")
+        dashed, = pax.plot(epoch, expected, linestyle="--", color=colors[name], linewidth=1.2,
+                           alpha=0.9, label=f"{_short_name(name)}: E_q[bits]")
+        steps.append(step)
+        expected_lines.append(dashed)
+        finite = np.concatenate([bits[np.isfinite(bits)], expected[np.isfinite(expected)]])
+        low = min(low, finite.min()) if finite.size else low
+        if not finite.size and not single:
+            pax.text(0.5, 0.5, "0 bits all run\n(every channel pruned)", transform=pax.transAxes,
+                     ha="center", va="center", fontsize="small")
+    if names and not np.isfinite(low) and epoch.max() > epoch.min():
+        next(iter(panels.values())).set_xlim(epoch.min(), epoch.max())   # shared by all
+    targets = list(dict.fromkeys(panels.values())) if names else [ax]
+    for pax in targets:
+        _log2_bits_axis(pax, low)
+        _plain_numbers(pax)
+    styles = [Line2D([], [], color="0.2", linewidth=2.2, drawstyle="steps-post",
+                     label="test-time bit width"),
+              Line2D([], [], color="0.2", linewidth=1.2, linestyle="--",
+                     label="E_q[bit width]\n(pruned channels = 0 bits)")]
+    if single:
+        handles = [Line2D([], [], color=colors[n], linewidth=2.2, label=_short_name(n))
+                   for n in names]
+        ax.legend(handles=handles + styles, fontsize="x-small", loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("bit width (log2 scale)")
+        ax.set_title("Bit width per quantizer: test time (steps) and expected (dashed)")
+        if not names:
+            _no_quantizers(ax)
+        return BitWidthArtists(panels, steps, expected_lines)
+    if names:
+        for name, pax in panels.items():
+            pax.set_title(_panel_title(name), fontsize="medium", color=colors[name])
+        _panel_legend(fig, spare, styles)
+        fig.supxlabel("epoch")
+        fig.supylabel("bit width (log2 scale)")
+    else:
+        _no_quantizers(ax)
+    fig.suptitle("Bit width per quantizer: test time (steps) and expected (dashed)")
+    return BitWidthArtists(panels, steps, expected_lines)
 
 
-def plot_bops_accuracy(history, ax=None) -> BopsAccuracyArtists:
-    """Relative BOPs (x, log scale; deterministic, spec §5) against test accuracy, per epoch.
+def reference_marks(macs, model=None, dataset=None) -> list:
+    """Reference marks for a BOP–accuracy plot of a network with these per-layer MAC counts.
+
+    The uniform configurations of :data:`UNIFORM_REFERENCES` (w8a8 and w2a2, first layer fed
+    8-bit input, no pruning, §5.1) as vertical lines, with BOPs from
+    :func:`bbits_ref.method.bops.uniform_relative_bops`; and, for ``(model, dataset)`` in
+    :data:`PAPER_RESULTS` (LeNet-5 on MNIST, VGG-7 on CIFAR-10), the published points.
+    """
+    macs = [int(m) for m in macs]
+    marks = [Reference(label, uniform_relative_bops(macs, w, a))
+             for label, w, a in UNIFORM_REFERENCES]
+    marks += [Reference(*paper) for paper in PAPER_RESULTS.get((model, dataset), ())]
+    return marks
+
+
+def _references_from_summary(summary) -> list:
+    """:func:`reference_marks` for a run's summary.json (its layers' MACs, model and dataset)."""
+    layers = summary.get("layers") if isinstance(summary, dict) else None
+    if not layers:
+        return []
+    macs = [layer.get("macs") if isinstance(layer, dict) else None for layer in layers]
+    if any(not isinstance(m, numbers.Integral) or m < 0 for m in macs):
+        raise ValueError(f"summary 'layers' must each carry 'macs' (a whole number ≥ 0); got "
+                         f"{macs}: regenerate summary.json with bbits-ref train")
+    return reference_marks(macs, summary.get("model"), summary.get("dataset"))
+
+
+def _draw_references(ax, references) -> list:
+    """Vertical lines (named on a top axis, clear of the data) and points; returns them."""
+    from matplotlib.ticker import NullLocator
+    drawn, at, names = [], [], []
+    for ref in references:
+        ref = Reference(*ref) if not isinstance(ref, Reference) else ref
+        if not (isinstance(ref.relative_bops, numbers.Real) and ref.relative_bops >= 0):
+            raise ValueError(f"reference {ref.label!r}: relative_bops must be a number ≥ 0, "
+                             f"got {ref.relative_bops!r}")
+        if ref.test_accuracy is None:
+            drawn.append(ax.axvline(ref.relative_bops, color="0.45", linestyle=(0, (6, 3)),
+                                    linewidth=1.0, zorder=0, label=ref.label))
+            at.append(ref.relative_bops)
+            names.append(f"{ref.label}\n{ref.relative_bops:.3g}%")
+        else:
+            marker = "*PXD^v"[sum(not isinstance(d, Line2D) for d in drawn) % 6]
+            drawn.append(ax.scatter([ref.relative_bops], [ref.test_accuracy], marker=marker,
+                                    s=160 if marker == "*" else 60, color="C3", edgecolors="k",
+                                    linewidths=0.5, zorder=5,
+                                    label=f"{ref.label}: {ref.relative_bops:.3g}%, "
+                                          f"{100 * ref.test_accuracy:.2f}%"))
+    if at:
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(at, names, fontsize="small", color="0.3")
+        top.xaxis.set_minor_locator(NullLocator())
+    return drawn
+
+
+def plot_bops_accuracy(history, ax=None, references=()) -> BopsAccuracyArtists:
+    """Relative BOPs (x, log scale; deterministic, §5) against test accuracy, per epoch.
 
     Uses the epoch records (the ones with ``test_acc``): a line through them in order, points
-    coloured by epoch (with a colour bar) and the first and last epochs annotated.
+    coloured by epoch (with a colour bar), the first epoch ringed and the last one boxed.
+    ``references`` (see :func:`reference_marks`) adds marks: a :class:`Reference` without
+    accuracy is a vertical line named on the top axis (a uniform w8a8 network costs 6.25%
+    whatever its accuracy), one with accuracy a red star (the paper's result). A legend, placed
+    where it hides the fewest points, names the ring, the box and the stars.
     """
     records = [r for r in _check_history(history) if r["kind"] == "epoch"]
     if not records:
@@ -284,70 +661,209 @@ def plot_bops_accuracy(history, ax=None) -> BopsAccuracyArtists:
     ax = _new_ax(ax)
     line, = ax.plot(bops, acc, color="0.6", linewidth=1, zorder=1)
     points = ax.scatter(bops, acc, c=epoch, cmap="viridis", zorder=2, s=25)
-    ax.figure.colorbar(points, ax=ax, label="epoch")
-    notes = []
+    _plain_numbers(ax.figure.colorbar(points, ax=ax, label="epoch").ax)
+    ends = []
     if len(bops):
-        ends = [(0, "start"), (len(bops) - 1, "end")] if len(bops) > 1 else [(0, "epoch")]
-        middle = np.sqrt(bops.min() * bops.max())      # labels right of it point leftwards
-        for i, word in ends:
-            right = bops[i] > middle
-            notes.append(ax.annotate(f"{word} (epoch {epoch[i]:g})", xy=(bops[i], acc[i]),
-                                     xytext=(-6 if right else 6, 6), textcoords="offset points",
-                                     ha="right" if right else "left", fontsize="small"))
-    _log_bops_axis(ax)
-    ax.set_ylabel("test accuracy")
-    ax.set_title("BOPs and accuracy during training")
-    return BopsAccuracyArtists(line, points, notes)
+        marks = [(0, "o", "start"), (len(bops) - 1, "s", "end")] if len(bops) > 1 else [
+            (0, "o", "epoch")]
+        for i, marker, word in marks:
+            ring, = ax.plot(bops[i:i + 1], acc[i:i + 1], marker=marker, markersize=11,
+                            markerfacecolor="none", markeredgecolor="k", markeredgewidth=1.3,
+                            linestyle="none", zorder=3, label=f"{word} (epoch {epoch[i]:g})")
+            ends.append(ring)
+    _log_bops_axis(ax)                   # decides log or linear from the run's own points
+    drawn = _draw_references(ax, references)
+    handles = ends + [a for a in drawn if not isinstance(a, Line2D)]
+    if handles:
+        ax.legend(handles=handles, loc="best", fontsize="small")
+    _accuracy_axis(ax)
+    ax.set_title("BOPs and test accuracy, epoch by epoch")
+    return BopsAccuracyArtists(line, points, ends, drawn)
 
 
 def plot_kept_channels(history, ax=None) -> list:
-    """Fraction of output channels kept (test-time z2 = 1, spec §3.4) per pruned layer.
+    """Fraction of output channels kept (test-time z2 = 1, §3.4) per pruned layer.
 
-    One Line2D per weight quantizer with pruning gates; a model without them gets a note and [].
+    One Line2D per weight quantizer with pruning gates, in its layer's colour; a model without
+    them gets a note and [].
     """
+    from matplotlib.ticker import PercentFormatter
     records = _check_history(history)
     ax = _new_ax(ax)
+    colors = _layer_colors(_layers(records[0]["quantizers"]))
     pruned = [n for n, q in records[0]["quantizers"].items() if q.get("channels") is not None]
     epoch = _scalar(records, "epoch")
     lines = []
-    for qi, name in enumerate(pruned):
+    for name in pruned:
         kept = _column(records, name, "kept") / _column(records, name, "channels")
-        layer = name[:-len(".weight_quantizer")] if name.endswith(".weight_quantizer") else name
-        line, = ax.plot(epoch, kept, color=f"C{qi % 10}", label=layer)
+        layer = _split_name(name)[0]
+        channels = int(records[-1]["quantizers"][name]["channels"])
+        line, = ax.plot(epoch, kept, color=colors[layer], linewidth=1.8, drawstyle="steps-post",
+                        label=f"{layer} ({channels} channels)")
         lines.append(line)
     if lines:
-        ax.legend(fontsize="x-small", loc="lower left")
+        ax.legend(fontsize="small", loc="lower left")
     else:
         ax.text(0.5, 0.5, "no pruning gates in this model", transform=ax.transAxes,
                 ha="center", va="center")
     ax.set_ylim(0.0, 1.05)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    _plain_numbers(ax)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("fraction of output channels kept")
+    ax.set_ylabel("output channels kept (z2 = 1 at test time)")
     ax.set_title("Kept channels per layer")
     return lines
 
 
 def plot_training_curves(history, ax=None) -> list:
-    """Cross-entropy (left axis) and the regularizer (right axis, spec §4.3) over training.
+    """Cross-entropy (left axis) and the regularizer (right axis, §4.3) over training.
 
-    Uses the step records (per-batch values); a history without them falls back to the epoch
-    records (epoch means). Returns ``[ce_line, reg_line]``; the second lives on ``ax.twinx()``
-    because the regularizer is on another scale.
+    Uses the step records (per-batch values, drawn thin and pale) with the epoch means of the
+    cross-entropy on top (the epoch records); a history without step records draws the epoch
+    records alone. Returns ``[ce_line, reg_line, ce_epoch_line]`` (the last is None without
+    step records); ``reg_line`` lives on ``ax.twinx()`` because the regularizer is on another
+    scale. A y axis is logarithmic when its values are positive and span more than a factor 20
+    (a late cross-entropy of 1e-4 is then visible).
     """
     records = _check_history(history)
     steps = [r for r in records if r["kind"] == "step"]
-    records = steps or records
-    epoch = _scalar(records, "epoch")
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    shown = steps or records
+    epoch = _scalar(shown, "epoch")
     ax = _new_ax(ax)
-    ce_line, = ax.plot(epoch, _scalar(records, "ce"), color="C0", label="cross-entropy")
+    ce, reg = _scalar(shown, "ce"), _scalar(shown, "reg")
+    ce_line, = ax.plot(epoch, ce, color="C0", linewidth=0.8, alpha=0.45 if steps else 1.0,
+                       label="cross-entropy per batch (left)" if steps
+                       else "cross-entropy (left)")
+    ce_epoch_line = None
+    if steps and epochs:
+        ce_epoch_line, = ax.plot(_scalar(epochs, "epoch"), _scalar(epochs, "ce"), color="C0",
+                                 linewidth=2.0, marker="o", markersize=3,
+                                 label="cross-entropy, epoch mean (left)")
     reg_ax = ax.twinx()
-    reg_line, = reg_ax.plot(epoch, _scalar(records, "reg"), color="C3", label="regularizer")
-    ax.legend(handles=[ce_line, reg_line], fontsize="small", loc="upper right")
+    reg_line, = reg_ax.plot(epoch, reg, color="C3", linewidth=1.6, label="regularizer (right)")
+    for a, values in ((ax, ce), (reg_ax, reg)):
+        finite = values[np.isfinite(values)]
+        if finite.size and finite.min() > 0 and finite.max() > 20 * finite.min():
+            a.set_yscale("log")
+        _plain_numbers(a)
+    ax.legend(handles=[h for h in (ce_line, ce_epoch_line, reg_line) if h is not None],
+              fontsize="small", loc="lower left")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("cross-entropy", color="C0")
-    reg_ax.set_ylabel("regularizer (before μ)", color="C3")
+    ax.set_ylabel("cross-entropy" + (" (log scale)" if ax.get_yscale() == "log" else ""),
+                  color="C0")
+    reg_ax.set_ylabel("regularizer, before μ" + (" (log scale)" if reg_ax.get_yscale() == "log"
+                                                 else ""), color="C3")
     ax.set_title("Training losses" + ("" if steps else " (epoch means)"))
-    return [ce_line, reg_line]
+    return [ce_line, reg_line, ce_epoch_line]
+
+
+# ----------------------------------------------------------------------------- a trained model
+def _layer_costs(layers) -> list:
+    """LayerCost list from a ModelReadout, a summary dict or a list of LayerCost / dicts."""
+    if hasattr(layers, "layers") and not isinstance(layers, dict):
+        layers = layers.layers                          # a ModelReadout
+    elif isinstance(layers, dict):
+        if "layers" not in layers:
+            raise ValueError(f"a summary must have 'layers' (as summary.json of a run, or "
+                             f"ModelReadout.to_dict()); got keys {sorted(layers)}")
+        layers = layers["layers"]
+    costs = []
+    for i, layer in enumerate(layers):
+        if isinstance(layer, LayerCost):
+            costs.append(layer)
+        elif isinstance(layer, dict):
+            fields = ("name", "macs", "w_bits", "a_bits", "keep_out", "keep_in")
+            missing = [f for f in fields[:4] if f not in layer]
+            if missing:
+                raise ValueError(f"layer {i} has no {missing}; expected the 'layers' rows of a "
+                                 "summary.json (name, macs, w_bits, a_bits, keep_out, keep_in)")
+            costs.append(LayerCost(**{f: layer[f] for f in fields if f in layer}))
+        else:
+            raise TypeError(f"layer {i} is a {type(layer).__name__}; expected a LayerCost or "
+                            "a dict from summary.json")
+    if not costs:
+        raise ValueError("no layers to plot: give a ModelReadout, a summary.json dict or a list "
+                         "of LayerCost")
+    return costs
+
+
+def plot_layer_bops(layers, ax=None) -> LayerBopsArtists:
+    """Each layer's share (%) of the model's BOPs, beside its share of the 32/32 baseline (§5).
+
+    ``layers``: a :class:`~bbits_ref.method.readout.ModelReadout`, a run's summary.json dict or
+    a list of :class:`~bbits_ref.method.bops.LayerCost`. The baseline share is the layer's share
+    of the MACs (32·32 bits everywhere); the learned share shows where the BOPs went. Under each
+    layer: its test-time weight/activation bits and the fraction of its MACs kept.
+    """
+    costs = _layer_costs(layers)
+    ax = _new_ax(ax)
+    colors = _layer_colors([c.name for c in costs])
+    bops = np.array([c.bops for c in costs], dtype=np.float64)
+    base = np.array([c.baseline_bops for c in costs], dtype=np.float64)
+    total = bops.sum()
+    share = 100 * bops / total if total > 0 else np.zeros_like(bops)
+    base_share = 100 * base / base.sum() if base.sum() > 0 else np.zeros_like(base)
+    at = np.arange(len(costs))
+    baseline = ax.bar(at - 0.2, base_share, width=0.4, color="0.8", edgecolor="0.5",
+                      hatch="//", label="32/32 baseline")
+    learned = ax.bar(at + 0.2, share, width=0.4, color=[colors[c.name] for c in costs],
+                     edgecolor="k", linewidth=0.6, label="learned")
+    labels = ax.bar_label(baseline, fmt="%.1f%%", fontsize="x-small", padding=2, color="0.35")
+    labels += ax.bar_label(learned, fmt="%.1f%%", fontsize="x-small", padding=2)
+    ax.set_xticks(at, [f"{c.name}\nw{c.w_bits:g} a{c.a_bits:g}\nkeep {100 * c.keep:.0f}%"
+                       for c in costs], fontsize="small")
+    top = max(share.max(), base_share.max())
+    ax.set_ylim(0, top * 1.18 if top > 0 else 1.0)
+    _plain_numbers(ax)
+    ax.set_ylabel("share of the model's BOPs (%)")
+    ax.legend(handles=[Line2D([], [], color="0.8", marker="s", markersize=9, linestyle="none",
+                              markeredgecolor="0.5", label="32/32 baseline"),
+                       Line2D([], [], color="0.35", marker="s", markersize=9, linestyle="none",
+                              markeredgecolor="k", label="learned (layer colour)")],
+              fontsize="small", loc="upper left")
+    if total > 0:
+        ax.set_title(f"Where the BOPs go: {relative_bops(costs):.3g}% of the 32/32 BOPs in total")
+    else:
+        ax.set_title("Where the BOPs go")
+        ax.text(0.5, 0.5, "0 BOPs: every channel pruned", transform=ax.transAxes,
+                ha="center", va="center")
+    return LayerBopsArtists(learned, baseline, list(labels))
+
+
+def plot_bit_distribution(bit_probs, ax=None, label=None, color=None):
+    """The point masses P(bit width = b), b ∈ {0, 2, 4, 8, 16, 32}, as stems (0 = pruned).
+
+    ``bit_probs``: a dict {b: P(b)} (``QuantizerReadout.bit_probs``) or the 6 probabilities in
+    that order. The bit widths are categories (evenly spaced). Returns the StemContainer.
+    """
+    if isinstance(bit_probs, dict):
+        unknown = sorted(set(bit_probs) - set(BIT_CHOICES))
+        if unknown:
+            raise ValueError(f"bit widths must be among {BIT_CHOICES}; got {unknown}")
+        probs = np.array([bit_probs.get(b, 0.0) for b in BIT_CHOICES], dtype=np.float64)
+    else:
+        probs = np.asarray(bit_probs, dtype=np.float64)
+        if probs.shape != (len(BIT_CHOICES),):
+            raise ValueError(f"expected {len(BIT_CHOICES)} probabilities for the bit widths "
+                             f"{BIT_CHOICES}; got shape {probs.shape}")
+    if not (np.isfinite(probs).all() and (probs >= 0).all() and abs(probs.sum() - 1) < 1e-6):
+        raise ValueError(f"P(bit width) must be ≥ 0 and sum to 1; got {probs.round(6).tolist()} "
+                         f"(sum {probs.sum():.6g})")
+    ax = _new_ax(ax)
+    stems = ax.stem(np.arange(len(BIT_CHOICES)), probs, linefmt="-", markerfmt="o",
+                    basefmt=" ", label=label)
+    if color is not None:
+        for artist in (stems.markerline, stems.stemlines):
+            artist.set_color(color)
+    ax.set_xticks(np.arange(len(BIT_CHOICES)), ["0\n(pruned)"] + [str(b) for b in BIT_CHOICES[1:]])
+    ax.set_ylim(0, 1.05)
+    ax.set_xlim(-0.5, len(BIT_CHOICES) - 0.5)
+    _plain_numbers(ax)
+    ax.set_xlabel("bit width b")
+    ax.set_ylabel("P(bit width = b)")
+    ax.set_title("Distribution of the bit width under q")
+    return stems
 
 
 # ----------------------------------------------------------------------------- sweep figures
@@ -417,26 +933,28 @@ def plot_pareto(points, baselines=(), ax=None) -> ParetoArtists:
             ax.annotate(label, (bx[k], by[k]), xytext=(5, 5), textcoords="offset points",
                         fontsize="x-small")
     _log_bops_axis(ax)
-    ax.set_ylabel("test accuracy")
+    _accuracy_axis(ax)
     ax.set_title("Accuracy against BOPs")
     ax.legend(fontsize="x-small", loc="lower right")
     return ParetoArtists(front_line, scatter, marked)
 
 
 # ----------------------------------------------------------------------------- saving
-_RUN_FIGURES = {
-    "gate_probabilities.png": plot_gate_probabilities,
-    "bit_widths.png": plot_bit_widths,
-    "bops_accuracy.png": plot_bops_accuracy,
-    "kept_channels.png": plot_kept_channels,
-    "training_curves.png": plot_training_curves,
-}
+_RUN_FIGURES = ("gate_probabilities.png", "bit_widths.png", "bops_accuracy.png",
+                "kept_channels.png", "training_curves.png")
+#: Written by :func:`save_run_figures` only when it is given the run's summary.
+LAYER_BOPS_FIGURE = "layer_bops.png"
+
+
+def _bare_figure(figsize=_FIGSIZE):
+    # A bare Figure (no pyplot): nothing to close, no GUI backend, safe in headless training.
+    from matplotlib.figure import Figure
+    return Figure(figsize=figsize, layout="constrained")
 
 
 def _figure():
-    # A bare Figure (no pyplot): nothing to close, no GUI backend, safe in headless training.
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=_FIGSIZE)
+    """A bare Figure and its one Axes."""
+    fig = _bare_figure()
     return fig, fig.add_subplot()
 
 
@@ -454,25 +972,57 @@ def _write_figures(figures, out_dir, dpi) -> list:
     return paths
 
 
-def save_run_figures(history, out_dir, dpi=100) -> list:
-    """Write gate_probabilities.png, bit_widths.png, bops_accuracy.png, kept_channels.png and
-    training_curves.png (about 6×4 in) into ``out_dir``; returns their paths.
+def _summary_gate(summary):
+    """(gate kind, hard cut on?) from summary['config'] (defaults: hard concrete, cut on)."""
+    config = summary.get("config") if isinstance(summary, dict) else None
+    config = config if isinstance(config, dict) else {}
+    kind = config.get("gate") or "hard_concrete"
+    return kind, bool(config.get("hard_cut", True))
 
-    Every figure is drawn before any file is written, so bad input writes nothing.
+
+def save_run_figures(history, out_dir, dpi=100, summary=None) -> list:
+    """Write gate_probabilities.png, bit_widths.png, bops_accuracy.png, kept_channels.png and
+    training_curves.png into ``out_dir``; returns their paths.
+
+    With the run's ``summary`` (summary.json as a dict) the BOP–accuracy plot gets its reference
+    marks (:func:`reference_marks` from the summary's layer MACs, model and dataset), the gate
+    levels follow its ``config`` (gate kind, hard cut), and layer_bops.png
+    (:func:`plot_layer_bops`) is written too. Every figure is drawn before any file is written,
+    so bad input writes nothing.
     """
     records = _check_history(history)
+    if summary is not None and not isinstance(summary, dict):
+        raise TypeError(f"summary must be the dict of a run's summary.json, got "
+                        f"{type(summary).__name__}")
+    gate, hard_cut = _summary_gate(summary)
+    names = list(records[0]["quantizers"])
     figures = {}
-    for fname, plot in _RUN_FIGURES.items():
-        fig, ax = _figure()
-        plot(records, ax=ax)
+    fig = _bare_figure(_panel_figsize(names))
+    plot_gate_probabilities(records, fig=fig, gate=gate, hard_cut=hard_cut)
+    figures["gate_probabilities.png"] = fig
+    fig = _bare_figure(_panel_figsize(names))
+    plot_bit_widths(records, fig=fig)
+    figures["bit_widths.png"] = fig
+    fig = _bare_figure()
+    plot_bops_accuracy(records, ax=fig.add_subplot(),
+                       references=_references_from_summary(summary) if summary else ())
+    figures["bops_accuracy.png"] = fig
+    for fname, plot in (("kept_channels.png", plot_kept_channels),
+                        ("training_curves.png", plot_training_curves)):
+        fig = _bare_figure()
+        plot(records, ax=fig.add_subplot())
         figures[fname] = fig
+    if summary is not None and summary.get("layers"):
+        fig = _bare_figure((max(6.0, 1.3 * len(summary["layers"]) + 1.5), 4.0))
+        plot_layer_bops(summary, ax=fig.add_subplot())
+        figures[LAYER_BOPS_FIGURE] = fig
     return _write_figures(figures, out_dir, dpi)
 
 
 def save_sweep_figures(points, baselines, out_dir, dpi=100) -> list:
     """Write pareto.png (see :func:`plot_pareto`) into ``out_dir``; returns ``[path]``."""
-    fig, ax = _figure()
-    plot_pareto(points, baselines, ax=ax)
+    fig = _bare_figure()
+    plot_pareto(points, baselines, ax=fig.add_subplot())
     return _write_figures({"pareto.png": fig}, out_dir, dpi)
 
 

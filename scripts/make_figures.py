@@ -7,7 +7,9 @@ The README and the notebooks show PNGs that live next to the data they are drawn
 
 * a run directory (``history.json``, usually with ``summary.json``) gets the run figures of
   :func:`bbits_ref.plotting.save_run_figures` (gate probabilities, bit widths, BOPs–accuracy,
-  kept channels, training curves);
+  kept channels, training curves); with a ``summary.json`` the BOPs–accuracy plot gets its
+  reference marks (uniform w8a8 and w2a2, the paper's result) and ``layer_bops.png`` (each
+  layer's share of the BOPs) is drawn too;
 * a sweep directory (``sweep.json`` as written by ``bbits-ref sweep``) gets ``pareto.png`` from
   :func:`bbits_ref.plotting.save_sweep_figures`; its runs are found as run directories below it.
 
@@ -50,6 +52,17 @@ def _read_json(path: Path):
                          "(git checkout -- <file>) or regenerate the run") from exc
 
 
+def _read_summary(path: Path):
+    """A run's summary.json as a dict, or None when the run has none."""
+    if not path.is_file():
+        return None
+    summary = _read_json(path)
+    if not isinstance(summary, dict):
+        raise ValueError(f"{path} must hold a JSON object as written by `bbits-ref train`; "
+                         f"got {type(summary).__name__}: regenerate the run's summary")
+    return summary
+
+
 def _sweep_points(path: Path) -> tuple[list, list]:
     """Split sweep.json's runs into Bayesian Bits points and baselines (kind == "baseline")."""
     table = _read_json(path)
@@ -77,7 +90,9 @@ def make_figures(roots=(DEFAULT_ROOT,), dpi=100, log=print) -> list[Path]:
             raise FileNotFoundError(f"{root} holds no history.json (run) or sweep.json (sweep) "
                                     "file; commit a run's history.json/summary.json there first")
         for run in runs:
-            paths = save_run_figures(_read_json(run / "history.json"), run, dpi=dpi)
+            summary = _read_summary(run / "summary.json")
+            paths = save_run_figures(_read_json(run / "history.json"), run, dpi=dpi,
+                                     summary=summary)
             log(f"{run}: {', '.join(p.name for p in paths)}")
             written += paths
         for sweep in sweeps:

@@ -7,6 +7,7 @@
 # Extra arguments go to pytest:
 #     bash scripts/run_tests.sh -k engine -x
 # Set PYTHON=/path/to/python3.11 to choose the interpreter that creates .venv.
+# In CI (or with BBITS_TEST_BOOK=1) the tests also build the course book (scripts/build_book.sh).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,6 +44,18 @@ if [[ -n "${CI:-}" && "${CI}" != "false" || -n "${BBITS_TEST_TORCH:-}" ]]; then
     # CPU build that CI machines have locally; set BBITS_TEST_TORCH=1 to include it elsewhere.
     step "installing torch==2.13.0 for bbits_ref.torch_impl (CI or BBITS_TEST_TORCH=1)"
     python -m pip install --quiet 'torch==2.13.0'
+fi
+if [[ -n "${CI:-}" && "${CI}" != "false" || -n "${BBITS_TEST_CLUSTER:-}" ]]; then
+    # The `cluster` extra of pyproject.toml (tests/test_sweep_dask.py runs a sweep on a Dask
+    # LocalCluster; skipped without it).  Set BBITS_TEST_CLUSTER=1 to include it elsewhere.
+    step "installing the cluster extra, dask[distributed], for bbits-ref sweep --scheduler (CI or BBITS_TEST_CLUSTER=1)"
+    python -m pip install --quiet 'dask[distributed]>=2024.1'
+fi
+if [[ -n "${CI:-}" && "${CI}" != "false" || -n "${BBITS_TEST_BOOK:-}" ]]; then
+    # Sphinx and myst-nb for tests/test_book.py, which builds the course book (every notebook
+    # executed in small mode, a few minutes) and opens it in Chromium; skipped without them.
+    step "installing the book extra (Sphinx, myst-nb) for tests/test_book.py (CI or BBITS_TEST_BOOK=1)"
+    python -m pip install --quiet -e ".[book]"
 fi
 echo "    install took $((SECONDS - start)) s"
 if [[ -n "${CI:-}" && "${CI}" != "false" ]]; then

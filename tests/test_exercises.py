@@ -14,6 +14,8 @@ from bbits_ref.method import bops, gates, prior, quantizer
 
 REPO = Path(__file__).resolve().parents[1]
 COURSE_A = sorted((REPO / "notebooks").glob("0[2-5]_*.ipynb"))
+COURSE_B = sorted((REPO / "notebooks").glob("0[6-8]_*.ipynb"))
+TOUR = REPO / "notebooks" / "00_tour.ipynb"
 IDS = exercise_ids()
 EXERCISE_CALL = re.compile(r"""exercise\(\s*["']([\d.]+)["']\s*\)""")
 
@@ -144,8 +146,9 @@ def test_unknown_ids_and_duplicates_are_refused():
 
 def test_the_notebooks_use_exactly_the_registered_ids():
     assert [p.name[:2] for p in COURSE_A] == ["02", "03", "04", "05"]
+    assert [p.name[:2] for p in COURSE_B] == ["06", "07", "08"]
     used = {}
-    for path in COURSE_A:
+    for path in COURSE_A + COURSE_B:
         cells = notebook_cells(path)
         code = [text for text, kind in cells if kind == "code"]
         ids = sorted({m for text in code for m in EXERCISE_CALL.findall(text)})
@@ -164,7 +167,7 @@ def test_the_notebooks_use_exactly_the_registered_ids():
 
 
 def test_each_notebook_ends_with_references_and_discussion():
-    for path in COURSE_A:
+    for path in [TOUR] + COURSE_A + COURSE_B:
         cells = notebook_cells(path)
         assert cells[-1][1] == "code" and re.search(r"^\s*assert\b", cells[-1][0], re.MULTILINE)
         heads = [t.splitlines()[0] for t, kind in cells if kind == "markdown"]
@@ -178,7 +181,7 @@ def test_each_notebook_ends_with_references_and_discussion():
 
 
 def test_notebooks_cite_the_method_and_use_tau_for_the_temperature():
-    for path in COURSE_A:
+    for path in [TOUR] + COURSE_A + COURSE_B:
         text = "\n".join(t for t, _ in notebook_cells(path))
         assert "docs/method.md" in text, path.name
         assert not re.search(r"\bspe[c]\b", text), path.name      # cite docs/method.md instead
@@ -207,3 +210,68 @@ def test_the_learned_run_summary_is_read_as_an_untrusted_file(tmp_path, monkeypa
     (tmp_path / "summary.json").write_text(json.dumps({"layers": [{"name": "conv1"}]}))
     with pytest.raises(DataFileError, match="lacks"):
         E._learned_layers()
+
+
+# --------------------------------------------------------------------------- course B: 00, 06-08
+
+def test_course_b_truths_come_from_the_committed_runs():
+    from bbits_ref.course import runs
+    paper = runs.paper_run()
+    layers = {layer["name"]: layer for layer in paper.summary["layers"]}
+    # 06.1: the layer with the smallest MAC weight is the one that keeps the most weight bits
+    weights = prior.mac_weights(dict(bops.lenet5_layer_macs()))
+    assert exercise("06.1").expected() == ["conv1", "conv2", "fc1", "fc2"].index(
+        min(weights, key=weights.get)) == 3
+    fc1 = layers["fc1"]
+    assert exercise("06.2").expected() == pytest.approx(
+        fc1["macs"] * fc1["w_bits"] * fc1["a_bits"] * fc1["keep_out"] * fc1["keep_in"])
+    assert exercise("06.3").expected() == paper.summary["steps"] == 46_900
+    assert exercise("07.1").expected() == 9_437_184
+    sigma = np.sqrt(0.25 + 1e-5)
+    assert np.allclose(exercise("07.2").expected(), (0.8 * 1.5 / sigma, 0.2 - 1.5 * 0.4 / sigma))
+    assert 95 < exercise("07.3").expected() < 100
+    sweep = runs.course_runs(runs.SWEEP)
+    best = exercise("08.1").expected()
+    within = [r for r in sweep.values() if r.relative_bops <= E.BOP_BUDGET]
+    assert best == max(within, key=lambda r: r.test_accuracy).mu
+    assert exercise("08.2").expected() == pytest.approx(
+        sweep["mu0.01"].relative_bops / sweep["mu0.1"].relative_bops)
+    assert 1 < exercise("08.2").expected() < 10
+
+
+def _text(path):
+    return "\n".join(t for t, _ in notebook_cells(path))
+
+
+def test_course_b_notebooks_cite_the_papers_they_use():
+    for path in [TOUR] + COURSE_B:
+        refs = next(t for t, _ in notebook_cells(path) if t.startswith("## References"))
+        for needle in ("van Baalen", "NeurIPS 2020", "Louizos", "ICLR 2018", "Jang", "Maddison"):
+            assert needle in refs, (path.name, needle)
+
+
+def test_course_b_notation():
+    """A_b and e_b (not x₂, ε₄); β only for the range: batch norm's parameters are words."""
+    tour = _text(TOUR)
+    assert "A_2" in tour and "e_4" in tour
+    assert not re.search(r"x_2 \+|\\epsilon_4|ε₄|x₂", tour)
+    vgg = _text(REPO / "notebooks/07_vgg7_cifar10.ipynb")
+    assert "\\text{shift}" in vgg and "\\text{scale}" in vgg
+    assert not re.search(r"\\beta_c|\\gamma_c|\\beta -|\\gamma \\mu|\\mu_B|\\mu_c", vgg)
+    lenet = _text(REPO / "notebooks/06_lenet5_mnist.ipynb")
+    assert "\\tau \\log" in lenet and "\\beta \\log" not in lenet
+
+
+def test_the_lecturers_errors_stay_fixed():
+    vgg = _text(REPO / "notebooks/07_vgg7_cifar10.ipynb")
+    # 300 CIFAR-10 epochs take days to months here, not "hours"; the notebook times a step itself
+    assert "hours here" not in vgg
+    assert "391" in vgg and "300" in vgg and "days" in vgg and "train_step" in vgg
+    # 06 shows the 100-epoch run that matches the paper, not only a shorter one
+    lenet = _text(REPO / "notebooks/06_lenet5_mnist.ipynb")
+    assert "runs.paper_run()" in lenet and "paper.config.epochs == 100" in lenet
+    # the tour shows the committed run before any training
+    cells = [t for t, kind in notebook_cells(TOUR) if kind == "code"]
+    first_replay = next(i for i, t in enumerate(cells) if "TrainingReplay(paper.history)" in t)
+    first_train = next(i for i, t in enumerate(cells) if "train(" in t)
+    assert first_replay < first_train

@@ -51,11 +51,13 @@ LAYERS: dict[str, tuple[int, dict[str, int]]] = {
                                "experiments": 1, "trainer": 2}),
     "bbits_ref.plotting": (5, {"": 0}),
     "bbits_ref.course": (6, {"settings": 0, "widgets": 0, "exercises": 0}),
-    "bbits_ref.conformance": (6, {"case_ids": 0, "official": 0, "reference": 0, "protocol": 1,
+    "bbits_ref.conformance": (6, {"case_ids": 0, "official_lenet5": 0, "reference": 0,
+                                  "official": 1, "protocol": 1,
                                   "mutants": 1, "worker": 2, "report": 2, "families._common": 2,
                                   "families.bops": 3, "families.gates": 3, "families.lenet5": 3,
                                   "families.quantize": 3, "families.regularizer": 3,
-                                  "families": 4, "storage": 5, "checker": 6, "cli": 7}),
+                                  "families.trajectory": 4,
+                                  "families": 5, "storage": 6, "checker": 7, "cli": 8}),
     "bbits_ref.cli": (7, {"options": 0, "compare": 0, "run": 1, "sweep": 2}),
 }
 

@@ -13,6 +13,14 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DPI = 30   # small PNGs: the tests check files and bytes, not looks
 RUN_PNGS = {"gate_probabilities.png", "bit_widths.png", "bops_accuracy.png", "kept_channels.png",
             "training_curves.png"}
+SUMMARY_PNGS = RUN_PNGS | {"layer_bops.png"}     # a run with a summary.json also gets these
+MAX_PNG_BYTES = 150_000
+SUMMARY = {"model": "lenet5", "dataset": "mnist", "test_accuracy": 0.9, "relative_bops": 2.0,
+           "config": {"gate": "hard_concrete", "hard_cut": True},
+           "layers": [{"name": "conv1", "macs": 460800, "w_bits": 8.0, "a_bits": 8.0,
+                       "keep_out": 0.5, "keep_in": 1.0},
+                      {"name": "fc1", "macs": 5120, "w_bits": 4.0, "a_bits": 8.0,
+                       "keep_out": 1.0, "keep_in": 0.5}]}
 
 
 def _load_script():
@@ -62,7 +70,7 @@ def committed(tmp_path):
     run = root / "mnist-lenet5"
     run.mkdir(parents=True)
     (run / "history.json").write_text(json.dumps(synthetic_history()))
-    (run / "summary.json").write_text(json.dumps({"test_accuracy": 0.9, "relative_bops": 2.0}))
+    (run / "summary.json").write_text(json.dumps(SUMMARY))
     sweep = root / "sweep-lenet5"
     (sweep / "mu0.1").mkdir(parents=True)
     (sweep / "mu0.1" / "history.json").write_text(json.dumps(synthetic_history(2)))
@@ -82,7 +90,7 @@ def _pngs(root):
 def test_renders_every_run_and_sweep_next_to_its_data_idempotently(committed):
     written = make_figures_module.make_figures([committed], dpi=DPI, log=lambda *_: None)
     files = _pngs(committed)
-    expected = ({f"mnist-lenet5/{n}" for n in RUN_PNGS}
+    expected = ({f"mnist-lenet5/{n}" for n in SUMMARY_PNGS}
                 | {f"sweep-lenet5/mu0.1/{n}" for n in RUN_PNGS} | {"sweep-lenet5/pareto.png"})
     assert set(files) == expected
     assert sorted(p.relative_to(committed).as_posix() for p in written) == sorted(expected)
@@ -133,7 +141,26 @@ def test_command_line(committed):
                          "--dpi", str(DPI)], capture_output=True, text=True, timeout=120,
                         cwd=committed)
     assert ok.returncode == 0, ok.stderr
-    assert "wrote 5 figure(s)" in ok.stdout
+    assert "wrote 6 figure(s)" in ok.stdout
     bad = subprocess.run([sys.executable, str(SCRIPT), str(committed / "nothing")],
                          capture_output=True, text=True, timeout=120, cwd=committed)
     assert bad.returncode == 1 and "not a directory" in bad.stderr
+
+
+def test_a_bad_summary_is_named(committed):
+    (committed / "mnist-lenet5" / "summary.json").write_text(json.dumps([1, 2]))
+    with pytest.raises(ValueError, match="summary.json must hold a JSON object"):
+        make_figures_module.make_figures([committed / "mnist-lenet5"], dpi=DPI,
+                                         log=lambda *_: None)
+    assert not list((committed / "mnist-lenet5").glob("*.png"))       # nothing half-written
+
+
+COMMITTED = REPO / "figures" / "mnist-lenet5"
+
+
+@pytest.mark.skipif(not (COMMITTED / "history.json").is_file(), reason="no committed run")
+def test_committed_figures_are_regenerated_and_small():
+    """The committed run has every figure beside its history, each small enough for a repo."""
+    pngs = {p.name: p.stat().st_size for p in COMMITTED.glob("*.png")}
+    assert set(pngs) == SUMMARY_PNGS
+    assert max(pngs.values()) <= MAX_PNG_BYTES

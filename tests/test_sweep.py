@@ -17,7 +17,7 @@ import pytest
 from bbits_ref._errors import RunDirError, UsageError
 from bbits_ref.cli import build_parser, main
 from bbits_ref.cli.options import config_from_args
-from bbits_ref.cli.sweep import SweepFailed, cmd_sweep
+from bbits_ref.cli.sweep import MemberStopped, SweepFailed, cmd_sweep, run_member
 from bbits_ref.training import experiments as ex
 from bbits_ref.training.trainer import Trainer
 
@@ -215,7 +215,39 @@ def test_a_foreign_sweep_json_is_not_overwritten(tmp_path):
     assert (out / "sweep.json").read_text() == "my notes"
 
 
+def test_scheduler_without_dask_names_the_extra_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "distributed", None)      # import distributed fails
+    code = main(["sweep", *FAST, "--mus", "0.1", "--scheduler", "local",
+                 "--out", str(tmp_path / "s")])
+    assert code == 2
+    assert capsys.readouterr().err == ("bbits-ref: --scheduler needs the optional extra: "
+                                       "pip install 'bbits-ref[cluster]'\n")
+    assert not (tmp_path / "s").exists()
+
+
 # --------------------------------------------------------------------------- stopping
+def test_a_member_asked_to_stop_stops_after_its_checkpoint_and_resumes(tmp_path):
+    flags = [*FAST[:-4], "--epochs", "2", "--batch-size", "64"]
+    config = config_from_args(build_parser().parse_args(["sweep", *flags])).replace(mu=0.1)
+    out = tmp_path / "m"
+    asked = []
+
+    def stop_after_first_epoch() -> bool:
+        asked.append((out / "checkpoint.npz").exists())
+        return len(asked) > 1
+
+    with pytest.raises(MemberStopped, match="after epoch 1; run the sweep again"):
+        run_member(config.to_dict(), out, should_stop=stop_after_first_epoch)
+    assert asked == [False, True]            # asked before training, then after epoch 1's checkpoint
+    assert ex.member_state(out, config).state == "interrupted"
+    assert not (out / "summary.json").exists()
+    summary = run_member(config.to_dict(), out, should_stop=lambda: False)
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history if h["kind"] == "epoch"] == [1, 2]
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert ex.member_state(out, config).state == "finished"
+
+
 def _children(pid: int) -> list[int]:
     """Worker processes (multiprocessing spawn) whose parent is ``pid``."""
     found = []

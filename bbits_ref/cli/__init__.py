@@ -28,7 +28,8 @@ from typing import Sequence
 from bbits_ref._errors import DISK_EXIT_CODE, BBitsError, exit_code_table
 
 from bbits_ref.cli.options import add_train_options
-from bbits_ref.cli.run import cmd_figures, cmd_gradcheck, cmd_info, cmd_readout, cmd_train
+from bbits_ref.cli.run import (add_train_arguments, cmd_figures, cmd_gradcheck, cmd_info,
+                               cmd_readout, cmd_train)
 from bbits_ref.cli.sweep import add_sweep_options, cmd_sweep
 
 __all__ = ["main", "build_parser"]
@@ -43,18 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("train", help="train a Bayesian Bits model")
-    add_train_options(p)
-    p.add_argument("--out", help="run directory (default runs/<model>-<dataset>-mu<μ>-seed<seed>)")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR (or RUN_DIR/checkpoint.npz) in place, with "
-                        "the settings saved in it")
-    p.add_argument("--change-lr", action="store_true",
-                   help="with --resume: continue with the learning rates given by --lr, "
-                        "--lr-weights, --lr-gates, --lr-ranges (recorded in config.json)")
-    p.add_argument("--force", action="store_true",
-                   help="start again in a folder that holds a run: removes only that run's "
-                        "files, once the new run's settings and data are checked")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sweep", help="train several μ values in parallel and build a Pareto table")

@@ -6,6 +6,7 @@ histories, sweep tables) are untrusted.
 """
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bbits_ref._errors import DataFileError, RunDirError, UsageError
-from bbits_ref.cli.options import config_from_args, preset_name
+from bbits_ref.cli.options import add_train_options, config_from_args, preset_name
 
 __all__ = ["cmd_train", "cmd_figures", "cmd_info", "cmd_readout", "cmd_gradcheck", "render_run"]
 
@@ -92,7 +93,7 @@ def _resume(args):
     from bbits_ref.training.runs import LR_KEYS
     from bbits_ref.training.trainer import Trainer
 
-    defaults = vars(_parser().parse_args(["train"]))
+    defaults = _train_defaults()
     changed = sorted(k for k, v in vars(args).items()
                      if k not in _NOT_SETTINGS and defaults.get(k, v) != v)
     others = [k for k in changed if k not in _LR_OPTIONS]
@@ -217,8 +218,24 @@ def cmd_gradcheck(args) -> int:
     return gradcheck_main(args.rest)
 
 
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Every option of ``bbits-ref train``: the config's flags, then where and how to run."""
+    add_train_options(p)
+    p.add_argument("--out", help="run directory (default runs/<model>-<dataset>-mu<μ>-seed<seed>)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR (or RUN_DIR/checkpoint.npz) in place, with "
+                        "the settings saved in it")
+    p.add_argument("--change-lr", action="store_true",
+                   help="with --resume: continue with the learning rates given by --lr, "
+                        "--lr-weights, --lr-gates, --lr-ranges (recorded in run.json)")
+    p.add_argument("--force", action="store_true",
+                   help="start again in a folder that holds a run: removes only that run's "
+                        "files, once the new run's settings and data are checked")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _parser():
-    from bbits_ref.cli import build_parser
-    return build_parser()
+def _train_defaults() -> dict:
+    """What ``bbits-ref train`` without options parses to (to see which flags a user gave)."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_train_arguments(p)
+    return vars(p.parse_args([]))

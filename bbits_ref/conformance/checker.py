@@ -61,14 +61,23 @@ def compare(name: str, actual, expected, atol: float, rtol: float) -> OutputResu
         return OutputResult(name, False, float("inf"), float("inf"), "contains NaN or inf")
     diff = np.abs(a - b)
     worst = float(diff.max()) if diff.size else 0.0
-    limit = atol + rtol * scale
-    ok = worst <= limit
+    atol_a = np.asarray(atol, dtype=np.float64)
+    if atol_a.ndim == 1:                        # one atol per index of the first axis
+        if b.ndim == 0 or atol_a.size != b.shape[0]:
+            return OutputResult(name, False, float("inf"), float("inf"),
+                                f"the case gives {atol_a.size} tolerances for an output of "
+                                f"shape {b.shape}: the suite is inconsistent")
+        atol_a = atol_a.reshape((-1,) + (1,) * (b.ndim - 1))
+    limit = atol_a + rtol * scale
+    over = diff - limit
+    ok = bool(np.all(over <= 0))
     message = ""
     if not ok:
-        where = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.ndim else ()
-        message = (f"max|a-b| = {worst:.3e} > atol {atol:.1e} + rtol {rtol:.1e} x {scale:.3e}"
-                   f"; worst at index {tuple(int(i) for i in where)}: got {a[where]:.9g}, "
-                   f"expected {b[where]:.9g}")
+        where = np.unravel_index(int(np.argmax(over)), diff.shape) if diff.ndim else ()
+        lim = float(np.broadcast_to(limit, diff.shape)[where])
+        message = (f"|a-b| = {float(diff[where]):.3e} > tolerance {lim:.1e} (atol + rtol "
+                   f"{rtol:.1e} x {scale:.3e}) at index {tuple(int(i) for i in where)}: got "
+                   f"{a[where]:.9g}, expected {b[where]:.9g}; max|a-b| = {worst:.3e}")
     return OutputResult(name, ok, worst, worst / scale, message)
 
 

@@ -14,6 +14,19 @@ what a failing report looks like.
   estimator (§2.6): no gradient reaches x, and β gets only x_q/β.  Only ``quantize`` is
   mutated.
 
+Three mistakes of a training loop, which the trajectory cases (``lenet5_train/…``, §7.3) exist
+for:
+
+* :class:`RegularizerPerExample`: μ·Σ_t R_t divided by the batch size, as if μ weighted the
+  regularizer once per example (§4.2–4.3: it is added once to the *mean* cross-entropy).
+* :class:`SwappedMacs`: the MAC counts of conv1 and conv2 swapped when the BOP weights
+  w_t = MAC_t / MAC_max are assigned (§4.4), so conv1's weight gates, conv2's and the
+  activation gates that feed them get each other's cost.
+* :class:`AdamEpsBeforeBiasCorrection`: Adam as in PyTorch 1.1, ε added to √v before the bias
+  correction (step lr·√(1 − β₂ᵗ)/(1 − β₁ᵗ)·m/(√v + ε)) instead of after it as in PyTorch
+  ≥ 1.5 (lr/(1 − β₁ᵗ)·m/(√v/√(1 − β₂ᵗ) + ε)), the update the suite expects.  Only training
+  is affected.
+
 :class:`CrashesAndHangs` is wrong in another way: it ends its process and hangs, which the
 checker must survive (each call runs in a child process with a time limit).  It is not in
 :data:`MUTANTS`, whose members the notebook runs without a time limit.
@@ -21,16 +34,19 @@ checker must survive (each call runs in a child process with a time limit).  It 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 
 import numpy as np
 
+from bbits_ref.autograd.optim import Adam
+from bbits_ref.conformance.reference import ReferenceAdapter
 from bbits_ref.method import quantizer
 from bbits_ref.method.gates import HardConcrete
-from bbits_ref.conformance.reference import ReferenceAdapter
 
-__all__ = ["WrongDenominator", "HalfThreshold", "OwnNoise", "NoStraightThrough", "MUTANTS",
+__all__ = ["WrongDenominator", "HalfThreshold", "OwnNoise", "NoStraightThrough",
+           "RegularizerPerExample", "SwappedMacs", "AdamEpsBeforeBiasCorrection", "MUTANTS",
            "CrashesAndHangs"]
 
 
@@ -59,6 +75,10 @@ class WrongDenominator(ReferenceAdapter):
     def lenet5_step(self, *args, **kwargs):
         with _step_divisors((3, 15, 255, 65535)):
             return super().lenet5_step(*args, **kwargs)
+
+    def lenet5_train(self, *args, **kwargs):
+        with _step_divisors((3, 15, 255, 65535)):
+            return super().lenet5_train(*args, **kwargs)
 
 
 class HalfThreshold(ReferenceAdapter):
@@ -97,6 +117,10 @@ class OwnNoise(ReferenceAdapter):
         own = {q: {k: self._own(v) for k, v in parts.items()} for q, parts in noise.items()}
         return super().lenet5_step(params, x, y, own, mu=mu)
 
+    def lenet5_train(self, params, x, y, noise, **hyper):
+        own = {q: {k: self._own(v) for k, v in parts.items()} for q, parts in noise.items()}
+        return super().lenet5_train(params, x, y, own, **hyper)
+
 
 class NoStraightThrough(ReferenceAdapter):
     """Rounding with its true gradient 0: ∂x_q/∂x = 0 and ∂x_q/∂β = x_q/β (steps ∝ β)."""
@@ -113,9 +137,71 @@ class NoStraightThrough(ReferenceAdapter):
         return out
 
 
+class RegularizerPerExample(ReferenceAdapter):
+    """Loss = mean CE + μ·Σ_t R_t / N (N = batch size) instead of mean CE + μ·Σ_t R_t."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "mutant: regularizer scaled per example"
+
+    def _loss(self, model, logits, y, mu):
+        return super()._loss(model, logits, y, float(mu) / np.shape(y)[0])
+
+
+class SwappedMacs(ReferenceAdapter):
+    """conv1 and conv2 swap their MAC counts in the BOP weights of the regularizer (§4.4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "mutant: conv1 and conv2 MAC counts swapped"
+
+    def _lenet5(self, params):
+        model = super()._lenet5(params)
+        macs = dict(model.layer_macs())
+        macs["conv1"], macs["conv2"] = macs["conv2"], macs["conv1"]
+        top = max(macs.values())
+        consumer = {"conv1": "conv2", "conv2": "fc1", "fc1": "fc2"}   # who reads each output
+        for name, q in model.quantizers():
+            layer, kind = name.split(".")
+            q.mac_weight = macs[layer if kind == "weight_quantizer" else consumer[layer]] / top
+        return model
+
+
+class _Adam11(Adam):
+    """Adam with PyTorch 1.1's placement of ε (before the bias correction)."""
+
+    def _update(self, p, grad, group, state) -> None:
+        beta1, beta2 = group["betas"]
+        if group["weight_decay"] != 0.0:
+            grad = grad + group["weight_decay"] * p.data
+        if not state:
+            state.update(step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data))
+        state["step"] += 1
+        m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+        m *= beta1
+        m += (1.0 - beta1) * grad
+        v *= beta2
+        v += (1.0 - beta2) * grad * grad
+        step_size = group["lr"] * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+        p.data -= step_size * m / (np.sqrt(v) + group["eps"])
+
+
+class AdamEpsBeforeBiasCorrection(ReferenceAdapter):
+    """PyTorch 1.1's Adam: ε added to √v before the bias correction (module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "mutant: Adam epsilon before the bias correction (PyTorch 1.1)"
+
+    def _optimizer(self, groups, **hyper):
+        return _Adam11(groups, **hyper)
+
+
 #: The mutants by short name.
 MUTANTS = {"wrong_denominator": WrongDenominator, "half_threshold": HalfThreshold,
-           "own_noise": OwnNoise, "no_straight_through": NoStraightThrough}
+           "own_noise": OwnNoise, "no_straight_through": NoStraightThrough,
+           "regularizer_per_example": RegularizerPerExample, "swapped_macs": SwappedMacs,
+           "adam_eps_before_bias_correction": AdamEpsBeforeBiasCorrection}
 
 
 class CrashesAndHangs(ReferenceAdapter):

@@ -23,10 +23,12 @@ or from Python::
     print(check("/tmp/bb-suite", OfficialAdapter("~/src/BayesianBits")))   # in a child process
 
 The directory is the root of the clone: the one that contains
-``anonymized_compression_package/quantization/straight_through.py``.  Only that file is loaded
-(by path, with the clone on ``sys.path`` while it runs); its package ``__init__`` files, the
-training driver and the model files are not imported.  The official code targets Python 3.5 and
-PyTorch 1.1; ``straight_through.py`` imports only torch and numpy.
+``anonymized_compression_package/quantization/straight_through.py``.  For the quantizer functions
+only that file is loaded (by path, with the clone on ``sys.path`` while it runs), into a private
+module.  The model cases load ``benchmarks/image_net/models/mnist_models.py``,
+``gated_mixed_precision.py`` and ``mixed_precision_utils.py`` (and through them the package), the
+first time one of them runs.  The official code targets Python 3.5 and PyTorch 1.1;
+``straight_through.py`` imports only torch and numpy.
 
 What comes from the official code, and what is transcribed from docs/method.md
 -------------------------------------------------------------------------------
@@ -48,9 +50,18 @@ What comes from the official code, and what is transcribed from docs/method.md
   ``BayesianBitsQuantizer.regularizer()`` itself is not driven, because it reads the BOP weight
   from attributes set by the training driver (``assign_macs``) that this adapter cannot set
   without guessing their names.
+* ``lenet5_step``, ``lenet5_train`` and ``relative_bops`` for LeNet-5: the official
+  ``LeNet5Quantized`` with the official ``gate_loss``, ``get_groups_and_macs``, ``assign_macs``
+  and ``print_bitops``, fed the suite's weights, ranges, gate logits, data and gate noise
+  (:mod:`bbits_ref.conformance.official_lenet5`, §9.1).  These import the model and driver
+  files of the clone (``benchmarks/image_net/``) the first time one of them runs, with inert
+  stand-ins for modules that are not installed (torchvision, …); every patch (CPU shims, the
+  noise source) is undone after each call.  The trajectory cases use the installed
+  ``torch.optim.Adam``: PyTorch ≥ 1.5 places Adam's ε as the suite expects; on PyTorch < 1.5
+  (the official code's 1.1) ``lenet5_train/mnist_recipe`` fails by design.
 * Not implemented (the suite reports them as skipped): ``gumbel_softmax`` and the Gumbel gate
-  (not in the official code), ``relative_bops`` and ``lenet5_step`` (they need the training driver
-  and the model files).
+  (not in the official code), and ``relative_bops`` for VGG-7 (§9.1 documents how to build the
+  official LeNet-5 only).
 
 On a CPU-only machine ``BayesianBitsQuantizer.cuda`` is set to False right after the import, as
 §9 requires before any construction.
@@ -65,7 +76,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["OfficialAdapter", "OfficialCodeError", "ENV_VAR", "MODULE_PATH"]
+from bbits_ref.conformance.official_lenet5 import OfficialLeNet5, OfficialModelError
+
+__all__ = ["OfficialAdapter", "OfficialCodeError", "OfficialModelError", "ENV_VAR",
+           "MODULE_PATH"]
 
 ENV_VAR = "BBITS_OFFICIAL_REPO"
 MODULE_PATH = Path("anonymized_compression_package", "quantization", "straight_through.py")
@@ -167,6 +181,7 @@ class OfficialAdapter:
                 official, (int, float)) else (value, "documented")
         self.name = (f"official BayesianBits code at {self.repo_dir} "
                      f"(torch {self.torch.__version__}, {dtype}, CPU)")
+        self._lenet5: OfficialLeNet5 | None = None
 
     def __reduce__(self):
         """Pickle as (clone, dtype): a child process loads the official module itself."""
@@ -294,6 +309,30 @@ class OfficialAdapter:
         value.backward()
         return {"value": self._np(value), "grad_prune_logits": self._grad(prune),
                 "grad_chain_logits": self._grad(chain)}
+
+    # -- the whole official LeNet-5 (§9.1)
+    def lenet5(self) -> OfficialLeNet5:
+        """The driver of the official LeNet-5 (imported on first use)."""
+        if self._lenet5 is None:
+            self._lenet5 = OfficialLeNet5(self.repo_dir, self.torch, self.dtype)
+        return self._lenet5
+
+    def relative_bops(self, model: str, width: float, gates: dict) -> float:
+        """The official ``print_bitops`` on LeNet-5 with the given test-time gates (§5)."""
+        if model != "lenet5" or float(width) != 1.0:
+            raise NotImplementedError("the adapter drives the official LeNet-5 only: how to "
+                                      "build the official VGG-7 is not documented (§9.1)")
+        return self.lenet5().relative_bops(gates)
+
+    def lenet5_step(self, params: dict, x, y, noise: dict, *, mu: float) -> dict:
+        """One training forward and backward of the official LeNet-5 (§7.1, §9.1)."""
+        return self.lenet5().step(params, x, y, noise, mu)
+
+    def lenet5_train(self, params: dict, x, y, noise: dict, *, mu: float, lr: float,
+                     beta1: float, beta2: float, eps: float) -> dict:
+        """K training steps of the official LeNet-5, three Adam optimizers (§7.3, §9.1)."""
+        return self.lenet5().train(params, x, y, noise, mu, float(lr),
+                                   (float(beta1), float(beta2)), float(eps))
 
     @staticmethod
     def _hard_concrete_only(gate: str) -> None:

@@ -1,7 +1,7 @@
 """The reference implementation behind the adapter protocol (float64 by default).
 
 Every method forwards to the bbits_ref functions that the rest of the package uses, so the
-conformance suite's expected values *are* the reference (docs/method.md §2–§5, §7.1).  The protocol itself
+conformance suite's expected values *are* the reference (docs/method.md §2–§5, §7.1, §7.3).  The protocol itself
 is documented in :mod:`bbits_ref.conformance` (all arrays in and out are NumPy arrays).
 
 ``adapter`` is the float64 instance the suite is generated with.  ``ReferenceAdapter(np.float32)``
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bbits_ref.method import bops
 from bbits_ref.autograd import ops
-from bbits_ref.method import prior
 from bbits_ref.autograd.engine import Tensor
+from bbits_ref.autograd.optim import Adam
+from bbits_ref.method import bops, prior
 from bbits_ref.method.gates import HardConcrete, chain_gates, make_gate
 from bbits_ref.method.models import lenet5
 from bbits_ref.method.layers import BBConfig
@@ -157,19 +157,60 @@ class ReferenceAdapter:
             prev = name
         return float(bops.relative_bops(costs))
 
-    # -- §7.1: one LeNet-5 training step
-    def lenet5_step(self, params: dict, x, y, noise: dict, *, mu: float) -> dict:
-        """Mean CE + μ·Σ_t R_t of LeNet-5 in training mode with the given gate noise, and its
-        gradient with respect to every float parameter (§7.1, §4.3)."""
+    # -- §7.1: one LeNet-5 training step, and K of them
+    def _lenet5(self, params: dict):
+        """The LeNet-5 of the MNIST recipe with ``params`` loaded, in training mode (a hook:
+        the swapped-MACs mutant changes its BOP weights)."""
         model = lenet5(BBConfig(chain_init="mnist", clip=self.clip), dtype=self.dtype)
         model.load_state_dict(params, strict=True)
         model.train()
-        logits = model(Tensor(np.asarray(x, dtype=self.dtype)), noise=noise)
-        loss = ops.cross_entropy(logits, np.asarray(y, dtype=np.int64)) + \
+        return model
+
+    def _loss(self, model, logits, y, mu: float):
+        """Mean cross-entropy + μ·Σ_t R_t (§4.3: μ multiplies the regularizer once per batch;
+        a hook for the per-example mutant)."""
+        return ops.cross_entropy(logits, np.asarray(y, dtype=np.int64)) + \
             float(mu) * model.regularizer()
+
+    def _optimizer(self, groups: list, **hyper):
+        """Adam on the three parameter groups (§7.3; a hook for the epsilon-placement mutant)."""
+        return Adam(groups, **hyper)
+
+    def lenet5_step(self, params: dict, x, y, noise: dict, *, mu: float) -> dict:
+        """Mean CE + μ·Σ_t R_t of LeNet-5 in training mode with the given gate noise, and its
+        gradient with respect to every float parameter (§7.1, §4.3)."""
+        model = self._lenet5(params)
+        logits = model(Tensor(np.asarray(x, dtype=self.dtype)), noise=noise)
+        loss = self._loss(model, logits, y, mu)
         loss.backward()
         grads = {name: _grad(p) for name, p in model.named_parameters()}
         return {"logits": _out(logits), "loss": _out(loss), "grads": grads}
+
+    def lenet5_train(self, params: dict, x, y, noise: dict, *, mu: float, lr: float,
+                     beta1: float, beta2: float, eps: float) -> dict:
+        """K training steps of LeNet-5 under the MNIST recipe (§7.3) on the given data and noise.
+
+        Step k (0-based) takes the batch ``x[k]``, ``y[k]`` and the gate noise ``noise[q][key][k]``
+        of every quantizer q, computes mean CE + μ·Σ_t R_t, and updates the three parameter groups
+        (weights and biases, gate logits, ranges) with one Adam each (PyTorch ≥ 1.5's update;
+        gradients zeroed in place, as PyTorch 1.x does).  Returns ``losses`` (K,), the loss of
+        every step before its update, and ``params``, every float parameter after the K updates.
+        """
+        x = np.asarray(x, dtype=self.dtype)
+        model = self._lenet5(params)
+        groups = [{"params": ps, "name": name} for name, ps in model.parameter_groups().items()]
+        optimizer = self._optimizer(groups, lr=float(lr), betas=(float(beta1), float(beta2)),
+                                    eps=float(eps))
+        losses = []
+        for k in range(x.shape[0]):
+            optimizer.zero_grad()
+            step_noise = {q: {key: u[k] for key, u in parts.items()} for q, parts in noise.items()}
+            loss = self._loss(model, model(Tensor(x[k]), noise=step_noise), y[k], mu)
+            loss.backward()
+            losses.append(float(loss.data))
+            optimizer.step()
+        return {"losses": np.array(losses),
+                "params": {name: _out(p) for name, p in model.named_parameters()}}
 
 
 _PRIOR_FUNCTIONS = {"autoregressive": prior.bop_regularizer,

@@ -56,7 +56,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _REDO = "re-create it with `bbits-ref conformance export DIR`"
 
 COMPARISON = ("an output passes when max|actual - expected| <= atol + rtol * max(max|expected|, "
-              "tiny); 'tolerances' overrides (atol, rtol) per output name or fnmatch pattern.  "
+              "tiny); 'tolerances' overrides (atol, rtol) per output name or fnmatch pattern "
+              "(atol may be a list: one tolerance per index of the output's first axis).  "
               "Rounding ties are exact in every formula (quantize/ties/*): no tie allowance is "
               "applied.  Sections (§) refer to docs/method.md of bbits_ref.")
 
@@ -78,6 +79,17 @@ def _feed(h, key: str, value) -> None:
         h.update(json.dumps(value, sort_keys=True).encode() + b"\0")
 
 
+def _atol_json(atol):
+    """An override's atol for JSON: a float, or a list of floats (one per index of axis 0)."""
+    if isinstance(atol, (list, tuple, np.ndarray)):
+        return [float(a) for a in atol]
+    return float(atol)
+
+
+def _atol_loaded(atol):
+    return tuple(float(a) for a in atol) if isinstance(atol, list) else float(atol)
+
+
 def case_digest(case: Case) -> str:
     """sha256 of everything a case holds: id, method, inputs, expected outputs, tolerances, note.
 
@@ -87,7 +99,8 @@ def case_digest(case: Case) -> str:
     h = hashlib.sha256()
     meta = {"name": case.name, "method": case.method, "atol": float(case.atol),
             "rtol": float(case.rtol), "note": case.note, "section": case.section,
-            "tolerances": {k: [float(v[0]), float(v[1])] for k, v in case.tolerances.items()}}
+            "tolerances": {k: [_atol_json(v[0]), float(v[1])]
+                           for k, v in case.tolerances.items()}}
     _feed(h, "meta", meta)
     for key, value in sorted(flatten(case.inputs).items()):
         _feed(h, f"input/{key}", value)
@@ -138,7 +151,7 @@ def _case_file(case: Case) -> tuple[bytes, dict]:
              "arrays": {k: {"dtype": v.dtype.name, "shape": list(v.shape)}
                         for k, v in arrays.items()},
              "none_outputs": none_outputs, "atol": case.atol, "rtol": case.rtol,
-             "tolerances": {k: list(v) for k, v in case.tolerances.items()},
+             "tolerances": {k: [_atol_json(v[0]), v[1]] for k, v in case.tolerances.items()},
              "note": case.note, "section": case.section,
              "sha256": hashlib.sha256(data).hexdigest(), "case_sha256": case_digest(case)}
     return data, entry
@@ -274,7 +287,10 @@ def _entry_problem(entry, index: int, name: str) -> str | None:
         return f"does not list the outputs of {method}"
     if not (_tolerance_ok(entry["atol"]) and _tolerance_ok(entry["rtol"])
             and isinstance(entry["tolerances"], dict)
-            and all(isinstance(v, list) and len(v) == 2 and all(map(_tolerance_ok, v))
+            and all(isinstance(v, list) and len(v) == 2 and _tolerance_ok(v[1])
+                    and (_tolerance_ok(v[0]) or (isinstance(v[0], list) and 0 < len(v[0])
+                                                 <= MAX_CASE_ELEMENTS
+                                                 and all(map(_tolerance_ok, v[0]))))
                     for v in entry["tolerances"].values())):
         return "has tolerances that are not finite non-negative numbers"
     if not all(isinstance(entry[k], str) and len(entry[k]) <= MAX_TEXT
@@ -393,7 +409,8 @@ def _load_case(directory: Path, index: int, entry: dict) -> Case:
     expected.update({k: None for k in entry["none_outputs"]})
     case = Case(name, entry["method"], inputs, float(entry["atol"]), float(entry["rtol"]),
                 entry["note"], entry["section"],
-                {k: (float(v[0]), float(v[1])) for k, v in entry["tolerances"].items()}, expected)
+                {k: (_atol_loaded(v[0]), float(v[1])) for k, v in entry["tolerances"].items()},
+                expected)
     if case_digest(case) != entry["case_sha256"]:
         raise SuiteError(f"{directory / MANIFEST}: case {name} was edited (its content does not "
                          f"match its case_sha256); {_REDO}")

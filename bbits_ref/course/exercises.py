@@ -1,4 +1,4 @@
-"""Predict-then-run exercises for the course notebooks 02–05, checked against the library.
+"""Predict-then-run exercises for the course notebooks 02–08, checked against the library.
 
 An :class:`Exercise` has a prompt, a checker and a solution::
 
@@ -9,7 +9,8 @@ An :class:`Exercise` has a prompt, a checker and a solution::
 
 The framework holds no math.  The truth of every exercise is a call of a library function
 (:mod:`bbits_ref.method.quantizer`, :mod:`~bbits_ref.method.gates`, :mod:`~bbits_ref.method.prior`,
-:mod:`~bbits_ref.method.bops`, :mod:`~bbits_ref.method.readout`); a *mistake* is the value a common
+:mod:`~bbits_ref.method.bops`, :mod:`~bbits_ref.method.readout`, the committed runs of
+:mod:`bbits_ref.course.runs`); a *mistake* is the value a common
 wrong reasoning gives (the 2^b − 1 denominator where the chain divides by 2^b + 1, P(z ≠ 0) where
 P(z = 1) was asked, …), written next to the hint it triggers.  A solution is runnable code that
 defines ``answer``; the tests check that it passes its own checker.
@@ -32,7 +33,7 @@ import numpy as np
 from bbits_ref._errors import DataFileError
 from bbits_ref.autograd.engine import Tensor
 
-__all__ = ["LEARNED_RUN", "Exercise", "Mistake", "Solution", "exercise", "exercise_ids",
+__all__ = ["LEARNED_RUN", "BOP_BUDGET", "Exercise", "Mistake", "Solution", "exercise", "exercise_ids",
            "learned_run_summary", "register"]
 
 #: The committed 100-epoch LeNet-5 run whose learned configuration exercise 05.2 uses.
@@ -727,5 +728,330 @@ register(Exercise(
 from bbits_ref.method.gates import HardConcrete
 p4, p8 = HardConcrete().prob_nonzero(np.array([1.0, -0.9])).data
 answer = 2 + 2 * p4 + 4 * p4 * p8
+""",
+))
+
+
+# =========================================================================== 06: LeNet-5 on MNIST
+
+_LENET5_ORDER = ("conv1", "conv2", "fc1", "fc2")
+
+
+def _paper_layers() -> dict:
+    """The learned configuration of the committed 100-epoch run: layer name -> summary row."""
+    from bbits_ref.course.runs import paper_run
+    return {layer["name"]: layer for layer in paper_run().summary["layers"]}
+
+
+def _most_bits_layer() -> int:
+    layers = _paper_layers()
+    bits = [layers[name]["w_bits"] for name in _LENET5_ORDER]
+    return int(np.argmax(bits))
+
+
+register(Exercise(
+    "06.1", "which layer keeps the most bits",
+    "Before you look at the learned configuration: the prior charges a gate of layer t in "
+    "proportion to w_t = MAC_t/MAC_max (conv1 0.14, conv2 1, fc1 0.16, fc2 0.0016). Which "
+    "layer's weights keep the most bits after the 100-epoch run? Answer its index in "
+    "(conv1, conv2, fc1, fc2): 0, 1, 2 or 3.",
+    truth=_most_bits_layer, rtol=0.0, atol=0.0, shape_hint="an index 0, 1, 2 or 3",
+    mistakes=(
+        Mistake(lambda: 1, "conv2 has the most MACs, so its gates are the most expensive "
+                           "(w_t = 1): it is the first to lose bits, not the last."),
+        Mistake(lambda: 0, "conv1 sees the raw image, but its gates still cost w_t = 0.14, "
+                           "90 times those of the cheapest layer."),
+        Mistake(lambda: 2, "fc1 is the biggest weight matrix, but the prior counts MACs, not "
+                           "parameters: w_t = 0.16, a hundred times that of the cheapest layer."),
+    ),
+    solution_text="A bit of fc2 costs 5,120/3,276,800 = 0.0016 of a bit of conv2, so the prior "
+                  "barely charges it, while the classifier's accuracy depends on it: fc2 keeps "
+                  "8-bit weights, every other layer goes down to 2 bits (docs/method.md §4.4).",
+    solution_code="""
+from bbits_ref.course.runs import paper_run
+from bbits_ref.method import bops, prior
+weights = prior.mac_weights(dict(bops.lenet5_layer_macs()))
+answer = ["conv1", "conv2", "fc1", "fc2"].index(min(weights, key=weights.get))
+learned = {layer["name"]: layer["w_bits"] for layer in paper_run().summary["layers"]}
+assert learned["fc2"] == max(learned.values())
+""",
+))
+
+
+def _layer_bops(name: str, a_from_output: bool = False, keep_in: bool = True,
+                keep_out: bool = True) -> float:
+    from bbits_ref.course.runs import paper_run
+    from bbits_ref.method.bops import LayerCost
+    run = paper_run()
+    layer = _paper_layers()[name]
+    a_bits = layer["a_bits"]
+    if a_from_output:          # the bits of the layer's own output, not of its input
+        a_bits = run.summary["quantizers"][f"{name}.act_quantizer"]["bits"]
+    return LayerCost(name, layer["macs"], layer["w_bits"], a_bits,
+                     layer["keep_out"] if keep_out else 1.0,
+                     layer["keep_in"] if keep_in else 1.0).bops
+
+
+register(Exercise(
+    "06.2", "read the learned configuration: the BOPs of fc1",
+    "From summary['quantizers'] of the committed 100-epoch run (figures/mnist-lenet5-e100), "
+    "compute the BOPs per image of fc1 (524,288 MACs): its weight bits, the bits of the "
+    "activation that feeds it, and the kept fractions of its output and input channels "
+    "(kept_channels / channels of the weight quantizers).",
+    truth=lambda: _layer_bops("fc1"), shape_hint="a number (BOPs)",
+    mistakes=(
+        Mistake(lambda: _layer_bops("fc1", a_from_output=True),
+                "fc1 multiplies its weights with its input, the output of conv2: use "
+                "conv2.act_quantizer's bits, not fc1.act_quantizer's."),
+        Mistake(lambda: _layer_bops("fc1", keep_in=False),
+                "conv2's pruned output channels are fc1's missing inputs: multiply by conv2's "
+                "kept fraction (keep_in) too."),
+        Mistake(lambda: _layer_bops("fc1", keep_in=False, keep_out=False),
+                "pruned channels cost nothing: multiply by the kept fractions of fc1's outputs "
+                "and of its inputs."),
+    ),
+    solution_text="BOPs = MAC · b_w · b_a · keep_out · keep_in (docs/method.md §5) with "
+                  "b_w = fc1.weight_quantizer's bits (2), b_a = conv2.act_quantizer's (2), "
+                  "keep_out = 413/512, keep_in = 38/64: about 1.0 M BOPs, against "
+                  "524,288·32·32 = 537 M at full precision.",
+    solution_code="""
+from bbits_ref.course.runs import paper_run
+q = paper_run().summary["quantizers"]
+fc1_w, conv2_w = q["fc1.weight_quantizer"], q["conv2.weight_quantizer"]
+answer = (524_288 * fc1_w["bits"] * q["conv2.act_quantizer"]["bits"]
+          * fc1_w["kept_channels"] / fc1_w["channels"]
+          * conv2_w["kept_channels"] / conv2_w["channels"])
+""",
+))
+
+
+def _paper_steps(per_epoch) -> int:
+    from bbits_ref.course.runs import paper_run
+    config = paper_run().config
+    return int(per_epoch(60_000, config.batch_size) * config.epochs)
+
+
+register(Exercise(
+    "06.3", "how many optimizer steps in 100 epochs",
+    "The 100-epoch run trains on the 60,000 MNIST training images with batch 128; the last, "
+    "smaller batch of each epoch is kept. How many optimizer steps does it take?",
+    truth=lambda: _paper_steps(lambda n, b: -(-n // b)), rtol=0.0, atol=0.0,
+    shape_hint="a whole number",
+    mistakes=(
+        Mistake(lambda: _paper_steps(lambda n, b: n // b),
+                "60,000/128 = 468.75: the last 96 images still make a (smaller) batch, so an "
+                "epoch has 469 steps."),
+        Mistake(lambda: _paper_steps(lambda n, b: n / b),
+                "a step is a whole batch: round 60,000/128 up."),
+        Mistake(lambda: 100 * 10_000 // 128, "the run uses all of MNIST (60,000 images), not "
+                                             "the embedded 10,000."),
+    ),
+    solution_text="⌈60,000/128⌉ = 469 steps per epoch, 46,900 in 100 epochs: the 'steps' field "
+                  "of the run's summary.json.",
+    solution_code="""
+from bbits_ref.course.runs import paper_run
+answer = -(-60_000 // 128) * 100
+assert answer == paper_run().summary["steps"]
+""",
+))
+
+
+# =========================================================================== 07: VGG-7
+
+def _vgg7_macs(width) -> dict:
+    from bbits_ref.method.bops import vgg7_layer_macs
+    return dict(vgg7_layer_macs(width))
+
+
+def _vgg7_conv2_macs(width=0.25, out_hw=32, scale=1.0) -> float:
+    from bbits_ref.method.bops import conv_macs, vgg7_widths
+    c = vgg7_widths(width)[0]
+    return scale * conv_macs(c, c, 3, (out_hw, out_hw))
+
+
+register(Exercise(
+    "07.1", "the MACs of a VGG-7 layer at width 0.25",
+    "VGG-7 at width 0.25: conv1 (3 → 32 channels, 3×3, padding 1) on the 32×32 image, then "
+    "conv2 (32 → 32, 3×3, padding 1), before the first pooling. How many MACs does conv2 take "
+    "per image?",
+    truth=lambda: _vgg7_macs(0.25)["conv2"],
+    rtol=0.0, atol=0.0, shape_hint="a whole number",
+    mistakes=(
+        Mistake(lambda: _vgg7_conv2_macs(1.0, scale=0.25),
+                "width scales both the input and the output channels: the MACs shrink by "
+                "0.25² = 1/16, not by 0.25."),
+        Mistake(lambda: _vgg7_conv2_macs(out_hw=30),
+                "padding 1 keeps a 3×3 convolution's output at 32×32."),
+        Mistake(lambda: _vgg7_conv2_macs(out_hw=16),
+                "the first pooling comes after conv2: conv2 still works on 32×32."),
+    ),
+    solution_text="C_out·H·W·k·k·C_in = 32·32·32·3·3·32 = 9,437,184: 1/16 of the 150,994,944 "
+                  "of the paper's width-1 conv2 (docs/method.md §5.1, §7.2).",
+    solution_code="""
+from bbits_ref.method import bops
+answer = 32 * 32 * 32 * 3 * 3 * 32
+assert answer == dict(bops.vgg7_layer_macs(0.25))["conv2"]
+""",
+))
+
+_BN = {"weight": 0.8, "scale": 1.5, "shift": 0.2, "mean": 0.4, "var": 0.25}
+
+
+def _folded(bn=None):
+    """(folded weight, folded shift) of one channel, from the library's folded layer."""
+    from bbits_ref.autograd.engine import Tensor, default_dtype, no_grad
+    from bbits_ref.method.layers import BBConfig, QLinearBN
+    bn = dict(_BN, **(bn or {}))
+    with default_dtype(np.float64):
+        layer = QLinearBN(1, 1, rng=0, config=BBConfig(quantize=False), relu=False,
+                          act_quant=False, prune=False, dtype=np.float64)
+        layer.weight.data[:] = bn["weight"]
+        layer.bn.weight.data[:] = bn["scale"]
+        layer.bn.bias.data[:] = bn["shift"]
+        layer.bn.running_mean = np.array([bn["mean"]])
+        layer.bn.running_var = np.array([bn["var"]])
+        layer.eval()
+        with no_grad():
+            y0, y1 = layer(Tensor(np.array([[0.0], [1.0]]))).data[:, 0]
+    return float(y1 - y0), float(y0)
+
+
+def _fold_by_hand(sigma, sign=-1.0, with_scale=True):
+    b = _BN
+    s = b["scale"] if with_scale else 1.0
+    return b["weight"] * b["scale"] / sigma, b["shift"] + sign * s * b["mean"] / sigma
+
+
+register(Exercise(
+    "07.2", "fold a batch-norm layer by hand",
+    "One output channel of a VGG-7 layer has the raw weight W = 0.8; its batch norm has "
+    "scale 1.5, shift 0.2, running mean 0.4, running variance 0.25 (eps = 1e-5). In evaluation "
+    "the layer is one linear map W_fold·x + b_fold. Compute answer = (W_fold, b_fold).",
+    truth=_folded, shape_hint="a pair (W_fold, b_fold)",
+    mistakes=(
+        Mistake(lambda: _fold_by_hand(0.25), "divide by the standard deviation σ = √(var + eps) "
+                                             "= 0.5, not by the variance."),
+        Mistake(lambda: _fold_by_hand(0.5, sign=1.0),
+                "batch norm subtracts the mean: b_fold = shift − scale·mean/σ."),
+        Mistake(lambda: _fold_by_hand(0.5, with_scale=False),
+                "the mean is scaled too: b_fold = shift − scale·mean/σ, not shift − mean/σ."),
+    ),
+    solution_text="scale·(W·x − mean)/σ + shift = (W·scale/σ)·x + (shift − scale·mean/σ) with "
+                  "σ = √(0.25 + 1e-5) ≈ 0.5: W_fold = 0.8·1.5/0.5 = 2.4, b_fold = "
+                  "0.2 − 1.5·0.4/0.5 = −1.0 (docs/method.md §6). The quantizer sees W_fold.",
+    solution_code="""
+sigma = np.sqrt(0.25 + 1e-5)
+answer = (0.8 * 1.5 / sigma, 0.2 - 1.5 * 0.4 / sigma)
+""",
+))
+
+
+def _vgg7_init_bops(input_bits=8, w_bits=32) -> float:
+    from bbits_ref.method import bops
+    macs = bops.vgg7_layer_macs(0.25)
+    layers = bops.sequential_layer_costs(macs, [w_bits] * len(macs), [32] * (len(macs) - 1),
+                                         input_bits=input_bits)
+    return bops.relative_bops(layers)
+
+
+register(Exercise(
+    "07.3", "the relative BOPs of VGG-7 at initialisation",
+    "With the CIFAR-10 gate preset every weight and activation starts at 32 bits; only the "
+    "network input counts as 8 bits. What are the relative BOPs (in percent) of VGG-7 at "
+    "width 0.25 at initialisation? Use bops.vgg7_layer_macs(0.25) for the MACs.",
+    truth=_vgg7_init_bops,
+    mistakes=(
+        Mistake(lambda: _vgg7_init_bops(input_bits=32),
+                "the input image is counted as 8-bit (docs/method.md §5): conv1 costs 8/32 of "
+                "its full-precision BOPs."),
+        Mistake(lambda: 25.0, "only conv1 is fed by the 8-bit input; every other layer is fed "
+                              "by a 32-bit activation."),
+        Mistake(lambda: _vgg7_init_bops() / 100, "give the answer in percent."),
+    ),
+    solution_text="Every layer but conv1 costs its full MAC·32·32; conv1 costs MAC·32·8. So "
+                  "relative BOPs = 100·(1 − ¾·MAC_conv1/Σ MAC) ≈ 98.3 % at width 0.25.",
+    solution_code="""
+from bbits_ref.method import bops
+macs = np.array([m for _, m in bops.vgg7_layer_macs(0.25)], dtype=float)
+answer = 100 * (macs[0] * 32 * 8 + (macs[1:] * 32 * 32).sum()) / (macs * 32 * 32).sum()
+""",
+))
+
+
+# =========================================================================== 08: the μ sweep
+
+#: The BOP budget (relative BOPs, %) of exercise 08.1.
+BOP_BUDGET = 0.6
+
+
+def _sweep() -> list:
+    """The committed μ sweep (course-runs/mu*) as CommittedRuns, smallest μ first."""
+    from bbits_ref.course.runs import SWEEP, course_runs
+    return list(course_runs(SWEEP).values())
+
+
+def _best_under(budget=BOP_BUDGET) -> float:
+    """μ of the most accurate sweep run within the budget (found on the Pareto front)."""
+    from bbits_ref.training.experiments import pareto_front
+    points = [{"mu": r.mu, "relative_bops": r.relative_bops, "test_accuracy": r.test_accuracy}
+              for r in _sweep()]
+    within = [p for p in pareto_front(points) if p["relative_bops"] <= budget]
+    return max(within, key=lambda p: p["test_accuracy"])["mu"]
+
+
+register(Exercise(
+    "08.1", "the best run under a BOP budget",
+    f"A deployment allows at most {BOP_BUDGET}% relative BOPs. Among the committed μ sweep "
+    "(runs.course_runs(runs.SWEEP)), which run has the highest test accuracy within that budget? "
+    "Answer with its μ.",
+    truth=_best_under,
+    mistakes=(
+        Mistake(lambda: max(_sweep(), key=lambda r: r.test_accuracy).mu,
+                "that run is the most accurate, but it is over the budget: keep only the runs "
+                "with relative BOPs ≤ the budget first."),
+        Mistake(lambda: min(_sweep(), key=lambda r: r.relative_bops).mu,
+                "that run has the fewest BOPs, but the budget allows more: among the runs "
+                "within it, take the most accurate."),
+    ),
+    solution_text="Filter the runs by relative BOPs ≤ the budget, then take the most accurate. "
+                  "That run is always on the Pareto front: a run that dominated it would be "
+                  "within the budget too and more accurate (docs/method.md §7.4).",
+    solution_code="""
+from bbits_ref.course import runs
+from bbits_ref.course.exercises import BOP_BUDGET
+sweep = runs.course_runs(runs.SWEEP).values()
+within = [r for r in sweep if r.relative_bops <= BOP_BUDGET]
+answer = max(within, key=lambda r: r.test_accuracy).mu
+""",
+))
+
+
+def _bops_ratio(low=0.01, high=0.1) -> float:
+    by_mu = {r.mu: r.relative_bops for r in _sweep()}
+    return by_mu[low] / by_mu[high]
+
+
+register(Exercise(
+    "08.2", "μ × 10",
+    "Going from μ = 0.01 to μ = 0.1 makes every gate ten times more expensive (λ = μ·b·w_t). "
+    "Predict, then compute from the committed sweep: by what factor do the relative BOPs fall? "
+    "answer = relative BOPs at μ = 0.01 / relative BOPs at μ = 0.1.",
+    truth=_bops_ratio,
+    mistakes=(
+        Mistake(lambda: 10.0, "the price rises tenfold, but the BOPs do not fall tenfold: bit "
+                              "widths move in steps (8 → 4 → 2), and the cross-entropy resists "
+                              "every step that costs accuracy."),
+        Mistake(lambda: 1 / _bops_ratio(), "you divided the other way round: μ = 0.01's BOPs "
+                                           "over μ = 0.1's, a factor above 1."),
+        Mistake(lambda: 0.1, "that is the ratio of the prices, upside down: compare the runs' "
+                             "relative BOPs."),
+    ),
+    solution_text="Read both runs' relative BOPs off their summaries and divide: the factor is "
+                  "far below 10. The prior's price is linear in μ, but what it buys is not: "
+                  "most tensors already sit at 2 or 4 bits, the floor below which only pruning "
+                  "saves more (docs/method.md §4.4, §5).",
+    solution_code="""
+from bbits_ref.course import runs
+answer = runs.course_run("mu0.01").relative_bops / runs.course_run("mu0.1").relative_bops
 """,
 ))

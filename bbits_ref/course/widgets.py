@@ -19,7 +19,8 @@ QuantizerExplorer     02 — range β, bits (0/1 gates) or fractional z4/z8, sig
 GateExplorer          03 — hard concrete / Gumbel-softmax: φ, temperature, (γ, ζ), threshold (§3)
 PriorExplorer         04 — μ, MAC weight, logits: autoregressive vs independent prior (§4)
 BopsExplorer          05 — per-layer bits and keep fractions, relative BOPs, baselines (§5)
-TrainingReplay        06 — the epochs of a training history, one slider (§5, readout)
+TrainingReplay        00, 06 — the epochs of a training history, one slider (§5, readout)
+MuSweepExplorer       08 — the committed μ sweep: a run's configuration and Pareto point (§4.4)
 ====================  ====================================================================
 
 Figures are drawn on a plain :class:`matplotlib.figure.Figure` (no pyplot state) and shown as a
@@ -50,7 +51,7 @@ from bbits_ref.method import quantizer
 from bbits_ref.autograd.engine import PRIMITIVES, Tensor, default_dtype, no_grad
 
 __all__ = ["Explorer", "AutogradExplorer", "QuantizerExplorer", "GateExplorer", "PriorExplorer",
-           "BopsExplorer", "TrainingReplay"]
+           "BopsExplorer", "TrainingReplay", "MuSweepExplorer"]
 
 _FIGSIZE = (7.0, 2.8)
 _DPI = 80
@@ -840,4 +841,79 @@ class TrainingReplay(Explorer):
         s = self.state
         if s["relative_bops"] > 0:
             ax.plot([s["relative_bops"]], [s["test_acc"]], marker="o", markersize=12,
+                    markerfacecolor="none", markeredgecolor="C3", markeredgewidth=2)
+
+
+# =========================================================================== 08: the μ sweep
+
+class MuSweepExplorer(Explorer):
+    """Notebook 08: a ``mu`` slider over the runs of a committed μ sweep.
+
+    ``runs`` are :class:`bbits_ref.course.runs.CommittedRun` objects (a dict or a list): the
+    Bayesian Bits runs (``kind == "bb"``) become the slider's μ values, the others are drawn as
+    baselines.  For the selected μ it shows that run's learned configuration (per layer: weight
+    bits, bits of the activation feeding it, kept fractions) and marks its point on the Pareto plot
+    of :func:`bbits_ref.plotting.plot_pareto`; the front is
+    :func:`bbits_ref.training.experiments.pareto_front`.
+
+    state: ``{"mu", "label", "relative_bops", "test_accuracy", "on_front", "layers": [dict per
+    layer, as in summary.json], "bits": {quantizer: bits}}``.
+    """
+
+    def __init__(self, runs, mu: float | None = None, plot: bool = True) -> None:
+        from bbits_ref.training import experiments
+        runs = list(runs.values() if isinstance(runs, dict) else runs)
+        self.sweep = sorted((r for r in runs if r.kind == "bb"), key=lambda r: r.mu)
+        self.baselines = [r for r in runs if r.kind != "bb"]
+        if not self.sweep:
+            raise ValueError("no run of a μ sweep among the runs (names like 'mu0.1'); pass "
+                             "bbits_ref.course.runs.course_runs()")
+        mus = [r.mu for r in self.sweep]
+        if len(set(mus)) != len(mus):
+            raise ValueError(f"two runs share a μ ({mus}); give one run per μ")
+        mu = mus[len(mus) // 2] if mu is None else mu
+        if mu not in mus:
+            raise ValueError(f"mu must be one of the sweep's values {mus}; got {mu!r}")
+        self.front = experiments.pareto_front(
+            [{"label": r.label, "relative_bops": r.relative_bops,
+              "test_accuracy": r.test_accuracy} for r in self.sweep])
+        controls = {"mu": widgets.SelectionSlider(options=[(f"{m:g}", m) for m in mus], value=mu,
+                                                  description="μ", continuous_update=False)}
+        super().__init__(controls, plot=plot, title="The μ sweep: what each price buys")
+        self.update()
+
+    def run(self, mu: float | None = None):
+        """The committed run of the sweep with this μ (default: the slider's)."""
+        mu = self.controls["mu"].value if mu is None else mu
+        return next(r for r in self.sweep if r.mu == mu)
+
+    def _compute(self) -> dict:
+        r = self.run()
+        return {"mu": r.mu, "label": r.label, "relative_bops": r.relative_bops,
+                "test_accuracy": r.test_accuracy,
+                "on_front": any(p["label"] == r.label for p in self.front),
+                "layers": [dict(layer) for layer in r.summary["layers"]],
+                "bits": {n: q["bits"] for n, q in r.summary["quantizers"].items()}}
+
+    def _render(self) -> str:
+        s = self.state
+        rows = [[layer["name"], _fmt(layer["w_bits"], 0), _fmt(layer["a_bits"], 0),
+                 f"{layer['keep_out']:.3f}", f"{layer['keep_in']:.3f}"] for layer in s["layers"]]
+        front = "on the Pareto front" if s["on_front"] else "dominated by another μ"
+        return (f"μ = {s['mu']:g} ({html.escape(s['label'])}): relative BOPs = "
+                f"<b>{s['relative_bops']:.4f}%</b>, test accuracy = "
+                f"<b>{s['test_accuracy']:.4f}</b>, {front}"
+                + _table(["layer", "w bits", "a bits (input)", "keep out", "keep in"], rows))
+
+    def _draw(self, fig) -> None:
+        from bbits_ref.plotting import plot_pareto
+
+        def point(r):
+            return {"label": r.label, "mu": r.mu, "relative_bops": r.relative_bops,
+                    "test_accuracy": r.test_accuracy}
+        ax = fig.subplots()
+        plot_pareto([point(r) for r in self.sweep], [point(r) for r in self.baselines], ax=ax)
+        s = self.state
+        if s["relative_bops"] > 0:
+            ax.plot([s["relative_bops"]], [s["test_accuracy"]], marker="o", markersize=14,
                     markerfacecolor="none", markeredgecolor="C3", markeredgewidth=2)

@@ -106,17 +106,45 @@ class TorchAdapter:
     def relative_bops(self, model: str, width: float, gates: dict) -> float:
         return float(_bops.relative_bops(model, float(width), gates))
 
-    # -- a whole LeNet-5 training step (§7.1)
-    def lenet5_step(self, params: dict, x, y, noise: dict, *, mu: float) -> dict:
+    # -- a whole LeNet-5 training step (§7.1), and K of them (§7.3)
+    @staticmethod
+    def _lenet5(params: dict) -> LeNet5:
         model = LeNet5(BBConfig(chain_init="mnist"), dtype=DTYPE)
         load_numpy_state(model, params)
         model.train()
-        logits = model(_t(x), noise=noise)
+        return model
+
+    @staticmethod
+    def _loss(model, logits, y, mu: float) -> torch.Tensor:
         loss = F.cross_entropy(logits, torch.as_tensor(np.asarray(y), dtype=torch.long))
-        loss = loss + float(mu) * model.regularizer()
+        return loss + float(mu) * model.regularizer()
+
+    def lenet5_step(self, params: dict, x, y, noise: dict, *, mu: float) -> dict:
+        model = self._lenet5(params)
+        logits = model(_t(x), noise=noise)
+        loss = self._loss(model, logits, y, mu)
         loss.backward()
         grads = {name: _grad(p) for name, p in model.named_parameters()}
         return {"logits": _np(logits), "loss": _np(loss), "grads": grads}
+
+    def lenet5_train(self, params: dict, x, y, noise: dict, *, mu: float, lr: float,
+                     beta1: float, beta2: float, eps: float) -> dict:
+        """K steps of the MNIST recipe: ``torch.optim.Adam`` on the three parameter groups,
+        gradients zeroed in place (as PyTorch 1.x, which the official code targets, does)."""
+        model = self._lenet5(params)
+        groups = [{"params": ps} for ps in model.parameter_groups().values()]
+        optimizer = torch.optim.Adam(groups, lr=float(lr), betas=(float(beta1), float(beta2)),
+                                     eps=float(eps))
+        losses = []
+        for k in range(np.shape(x)[0]):
+            optimizer.zero_grad(set_to_none=False)
+            step_noise = {q: {key: u[k] for key, u in parts.items()} for q, parts in noise.items()}
+            loss = self._loss(model, model(_t(x[k]), noise=step_noise), y[k], mu)
+            loss.backward()
+            losses.append(loss.item())
+            optimizer.step()
+        return {"losses": np.array(losses),
+                "params": {name: _np(p) for name, p in model.named_parameters()}}
 
 
 adapter = TorchAdapter()

@@ -20,7 +20,6 @@ Notebook: ``notebooks/06_lenet5_mnist.ipynb``.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -361,7 +360,8 @@ class Trainer:
         continues in memory, or in ``out_dir`` if given (a new or empty folder).
         ``lrs`` (keys ``lr_weights``, ``lr_gates``, ``lr_ranges``) changes learning rates from
         the next epoch on: ``config.json`` holds the new rates, ``run.json`` and the checkpoint
-        list the change (``lr_changes``), and the history gets a ``kind="lr_change"`` record.
+        list the change (``lr_changes``), and the history gets a note record
+        (``kind="note"``, ``event="lr_change"``).
         Every problem with the file is one :class:`CheckpointError` line naming it.
         """
         path = Path(path)
@@ -426,7 +426,8 @@ class Trainer:
         change = {"epoch": self.epoch, "step": self.step,
                   "old": {k: old[k] for k in new}, "new": new}
         self.lr_changes.append(change)
-        self.history.append({"kind": "lr_change", **change})
+        self.history.append({"kind": "note", "event": "lr_change", **change,
+                             "text": f"learning rates changed at resume: {change['new']}"})
 
     def _rebuilt_optimizer(self) -> Adam:
         """The optimizer of the (changed) config, carrying the current optimizer's state."""
@@ -476,7 +477,7 @@ def check_checkpoint_meta(path: Path, meta: dict):
             raise bad(f"its {stream} generator: {exc}") from exc
     history = meta["history"]
     if not isinstance(history, list) or not all(
-            isinstance(h, dict) and h.get("kind") in ("step", "epoch", "lr_change")
+            isinstance(h, dict) and h.get("kind") in ("step", "epoch", "note")
             for h in history):
         raise bad("its history is not a list of step/epoch records")
     run = meta.get("run", {})

@@ -13,7 +13,7 @@ from bbits_ref.conformance.families._common import away_from_kinks, f32, f32s, h
 from bbits_ref.conformance.protocol import SEED, Case
 from bbits_ref.method.quantizer import step_sizes
 
-__all__ = ["cases", "lenet5_fixture", "LENET5_CHAINS"]
+__all__ = ["cases", "lenet5_fixture", "LENET5_CHAINS", "push_off_ties"]
 
 #: Chain logits (φ4, φ8, φ16, φ32) of the LeNet-5 case: activations at most 4 bits (so float32
 #: activations rarely round differently), fractional gates, and the hard cut at φ = −2 exactly
@@ -29,7 +29,7 @@ LENET5_CHAINS = {
 }
 
 
-def _push_off_ties(w: np.ndarray, beta: float, signed: bool) -> np.ndarray:
+def push_off_ties(w: np.ndarray, beta: float, signed: bool) -> np.ndarray:
     """Move weights to at most 0.4 steps of the 8-bit grid from a grid point (saturated ones
     stay), so no weight is within 0.1·s8 of a rounding tie at 2, 4 or 8 bits."""
     s8 = step_sizes(beta, signed)[2]
@@ -61,7 +61,7 @@ def lenet5_fixture(seed: int = SEED) -> dict:
             params[f"{name}.prune_logits"] = f32(rng.normal(1.5, 2.5, q.prune_logits.shape))
         if q.kind == "weight":
             layer = name.split(".")[0]
-            w = _push_off_ties(params[f"{layer}.weight"], params[f"{name}.beta"], q.signed)
+            w = push_off_ties(params[f"{layer}.weight"], params[f"{name}.beta"], q.signed)
             params[f"{layer}.weight"] = f32(w)
             params[f"{name}.beta"] = f32(params[f"{layer}.weight"].max())
     noise = model.sample_noise(rng)

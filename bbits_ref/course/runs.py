@@ -1,0 +1,206 @@
+"""The committed training runs the course notebooks show instead of training for hours.
+
+Real runs take long on this NumPy engine, so the repository keeps the results of a few of them
+under ``figures/`` (each folder: ``config.json``, ``history.json``, ``summary.json``; no
+checkpoint):
+
+* ``figures/mnist-lenet5-e100/``: the run that matches the paper, LeNet-5 on the whole MNIST set,
+  100 epochs of the official recipe (docs/method.md §7.3): :func:`paper_run`;
+* ``figures/course-runs/<name>/``: LeNet-5 on the embedded MNIST subset with the ``"quick"``
+  preset (15 epochs, gate learning rate 1e-2), a μ sweep (:data:`SWEEP`) and the ablations and
+  baselines of :mod:`bbits_ref.training.experiments` at μ = 0.1 (:data:`ABLATION_RUNS`):
+  :func:`course_run`, :func:`course_runs`.
+
+Every file is read as untrusted: a missing, damaged or inconsistent file raises a one-line
+:class:`~bbits_ref._errors.DataFileError` naming it.  The folder is found next to the package
+(an editable install or a checkout); a wheel installed elsewhere has no ``figures/``, and
+:func:`figures_dir` says so.  Notebooks: ``00_tour``, ``06``, ``08``.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import bbits_ref
+from bbits_ref._errors import DataFileError
+from bbits_ref.training import experiments
+from bbits_ref.training.config import TrainConfig
+from bbits_ref.training.runs import read_json
+
+__all__ = ["PAPER_RUN", "COURSE_RUNS", "SWEEP", "ABLATION_RUNS", "CommittedRun", "figures_dir",
+           "load_run", "paper_run", "course_run", "course_runs", "sweep_members", "sweep_table"]
+
+#: The folder (under figures/) of the 100-epoch full-MNIST run that matches the paper.
+PAPER_RUN = "mnist-lenet5-e100"
+#: The folder (under figures/) of the course's committed quick-preset runs.
+COURSE_RUNS = "course-runs"
+#: The μ sweep, smallest μ first.
+SWEEP = ("mu0.01", "mu0.03", "mu0.1", "mu0.3", "mu1")
+#: Ablations and baselines (names of experiments.baseline_changes), trained like mu0.1.
+ABLATION_RUNS = ("quant-only", "prune-only-w8a8", "w8a8", "w4a4", "w2a2", "no-hard-cut",
+                 "independent-prior")
+_FILES = ("config.json", "history.json", "summary.json")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def figures_dir(root=None) -> Path:
+    """The repository's ``figures/`` folder (``root``: another folder that holds the runs)."""
+    folder = Path(bbits_ref.__file__).resolve().parents[1] / "figures" if root is None \
+        else Path(root)
+    if not folder.is_dir():
+        raise DataFileError(f"no folder of committed runs at {folder}: they ship with the "
+                            "repository, not with an installed package; work in a checkout "
+                            "(git clone, then pip install -e .) or pass root=<its figures folder>")
+    return folder
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass(frozen=True)
+class CommittedRun:
+    """One committed run: its ``name`` (the folder under figures/), ``config`` (a TrainConfig),
+    ``history`` (the records of ``Trainer.history``) and ``summary`` (``Trainer.summary()``)."""
+
+    name: str
+    path: Path
+    config: TrainConfig
+    history: list
+    summary: dict
+
+    @property
+    def label(self) -> str:
+        """The last part of the name: ``mu0.1``, ``w4a4``, ``mnist-lenet5-e100``."""
+        return self.name.rsplit("/", 1)[-1]
+
+    @property
+    def mu(self) -> float:
+        return self.config.mu
+
+    @property
+    def kind(self) -> str:
+        """"bb" for a run of the μ sweep (Bayesian Bits as published), else "baseline"."""
+        return "bb" if re.fullmatch(r"mu[0-9.e+-]+", self.label) else "baseline"
+
+    @property
+    def epochs(self) -> list:
+        """The epoch records of the history (one per epoch, in order)."""
+        return [r for r in self.history if r["kind"] == "epoch"]
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.summary["test_accuracy"]
+
+    @property
+    def relative_bops(self) -> float:
+        return self.summary["relative_bops"]
+
+    def member(self) -> experiments.Member:
+        """The run as a member of a sweep (for :func:`experiments.member_row`)."""
+        return experiments.Member(self.label, self.label, self.kind, self.config)
+
+    def __repr__(self) -> str:
+        return (f"CommittedRun({self.name!r}: {self.config.model} on {self.config.dataset}, "
+                f"μ = {self.mu:g}, {len(self.epochs)} epochs, test accuracy "
+                f"{self.test_accuracy:.4f} at {self.relative_bops:.4f}% relative BOPs)")
+
+
+def _check_history(history, path: Path) -> list:
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        raise DataFileError(f"{path} should hold a list of records (Trainer.history); got "
+                            f"{type(history).__name__}")
+    epochs = [r for r in history if r.get("kind") == "epoch"]
+    if not epochs:
+        raise DataFileError(f"{path} has no epoch records: it is not the history of a finished "
+                            "run; copy it again from the run's folder")
+    for i, rec in enumerate(epochs, start=1):
+        quantizers = rec.get("quantizers")
+        ok = (rec.get("epoch") == i and _finite(rec.get("relative_bops"))
+              and _finite(rec.get("test_acc")) and isinstance(quantizers, dict) and quantizers
+              and all(isinstance(q, dict) and "bits" in q and "kept" in q
+                      for q in quantizers.values()))
+        if not ok:
+            raise DataFileError(f"{path}: epoch record {i} is damaged (it needs epoch = {i}, "
+                                "relative_bops, test_acc and the quantizers' bits and kept); "
+                                "copy the file again from the run's folder")
+    return history
+
+
+def _check_summary(summary, path: Path) -> dict:
+    if not isinstance(summary, dict):
+        raise DataFileError(f"{path} should hold a JSON object (Trainer.summary()); got "
+                            f"{type(summary).__name__}")
+    acc, rel = summary.get("test_accuracy"), summary.get("relative_bops")
+    if not (_finite(acc) and 0 <= acc <= 1 and _finite(rel) and rel >= 0):
+        raise DataFileError(f"{path} needs test_accuracy in [0, 1] and relative_bops ≥ 0; got "
+                            f"{acc!r} and {rel!r}")
+    layers, quantizers = summary.get("layers"), summary.get("quantizers")
+    keys = ("name", "macs", "w_bits", "a_bits", "keep_out", "keep_in")
+    if not (isinstance(layers, list) and layers and isinstance(quantizers, dict) and quantizers
+            and all(isinstance(x, dict) and all(k in x for k in keys) for x in layers)):
+        raise DataFileError(f"{path} needs a list of layers (each with {', '.join(keys)}) and a "
+                            "dict of quantizers, as bbits-ref train writes them")
+    return summary
+
+
+def load_run(name: str, root=None) -> CommittedRun:
+    """The committed run in ``figures/<name>`` (e.g. ``"course-runs/mu0.1"``), checked.
+
+    Raises DataFileError when a file is missing or damaged, or when the summary disagrees with
+    the last epoch of the history (a summary copied from another run).
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"a run name is a folder under figures/, like 'course-runs/mu0.1'; got "
+                         f"{name!r}")
+    folder = figures_dir(root) / name
+    if not folder.is_dir():
+        raise DataFileError(f"no committed run {name!r}: {folder} is not a folder")
+    texts = {f: read_json(folder / f, f"run file ({f})") for f in _FILES}
+    try:
+        config = TrainConfig.from_dict(texts["config.json"])
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DataFileError(f"{folder / 'config.json'} is not a run configuration: "
+                            f"{str(exc)[:100]}") from None
+    history = _check_history(texts["history.json"], folder / "history.json")
+    summary = _check_summary(texts["summary.json"], folder / "summary.json")
+    last = [r for r in history if r["kind"] == "epoch"][-1]
+    if not (math.isclose(last["relative_bops"], summary["relative_bops"], rel_tol=1e-9)
+            and math.isclose(last["test_acc"], summary["test_accuracy"], rel_tol=1e-9)
+            and last["epoch"] == config.epochs + config.finetune_epochs):
+        raise DataFileError(f"{folder}: summary.json, history.json and config.json disagree "
+                            "(epochs, relative BOPs or accuracy): the files come from different "
+                            "runs; copy all three again from one run's folder")
+    return CommittedRun(name, folder, config, history, summary)
+
+
+def paper_run(root=None) -> CommittedRun:
+    """The 100-epoch full-MNIST LeNet-5 run (figures/mnist-lenet5-e100)."""
+    return load_run(PAPER_RUN, root)
+
+
+def course_run(name: str, root=None) -> CommittedRun:
+    """One quick-preset course run, e.g. ``course_run("mu0.1")`` (figures/course-runs/mu0.1)."""
+    known = SWEEP + ABLATION_RUNS
+    if name not in known:
+        raise ValueError(f"no course run {name!r}; the committed ones are {', '.join(known)}")
+    return load_run(f"{COURSE_RUNS}/{name}", root)
+
+
+def course_runs(names=SWEEP + ABLATION_RUNS, root=None) -> dict:
+    """``{name: CommittedRun}`` for the named course runs (default: all of them)."""
+    return {name: course_run(name, root) for name in names}
+
+
+def sweep_members(runs) -> list:
+    """The runs as :class:`experiments.Member` objects (label = the run's folder name)."""
+    return [run.member() for run in (runs.values() if isinstance(runs, dict) else runs)]
+
+
+def sweep_table(runs) -> dict:
+    """The table of :func:`experiments.sweep_table` for committed runs (a dict or a list):
+    Pareto flags over the μ sweep, the others as baselines."""
+    runs = list(runs.values() if isinstance(runs, dict) else runs)
+    return experiments.sweep_table([experiments.member_row(r.member(), r.summary) for r in runs])
