@@ -12,8 +12,8 @@ from a page of docs/) is also a link of the book. ``include_patterns`` keeps the
 
 Notebooks are executed on every build (``nb_execution_mode = "force"``): a stale output would
 teach something the library no longer does. A cell that raises fails the build: every notebook
-still runs and every page is written, then the build stops with an error that names each failed
-notebook and shows its failing cell and traceback. The notebooks
+still runs and every page is written, then the build logs an error that names each failed
+notebook and shows its failing cell and traceback, and sphinx-build exits with code 1. The notebooks
 read ``BBITS_SMALL`` (set by the build script) and run their short "small mode" versions.
 Everything here uses Sphinx's bundled theme (alabaster) and myst-nb: no Node, no downloads.
 """
@@ -27,9 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))          # the checkout being documented, installed or not
 
-from sphinx.errors import SphinxError  # noqa: E402
-
-from bbits_ref._version import __version__  # noqa: E402  (after the path is set)
+from bbits_ref._version import __version__  # after the path is set
 
 # -- project
 project = "The bbits_ref course"
@@ -87,16 +85,8 @@ suppress_warnings = ["myst.header"]     # notebooks start at "# 00 · …" and m
 # -- a notebook that raised fails the build
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-TRACEBACK_LINES = 60        # the end of each failed notebook's report: the cell and the error
-
-
-class NotebookExecutionFailed(SphinxError):
-    """One or more notebooks raised while the book was built (the message says which and where).
-
-    A SphinxError, so that sphinx-build prints the message and exits with code 2, without the
-    crash report it prints for an unexpected exception."""
-
-    category = "Notebook execution failed"
+TRACEBACK_LINES = 80        # the end of each failed notebook's report: the cell and the error
+CELL_ERROR = "An error occurred while executing the following cell"   # nbclient's message
 
 
 def failed_notebooks(env) -> list[tuple[str, str]]:
@@ -112,21 +102,34 @@ def failed_notebooks(env) -> list[tuple[str, str]]:
 
 
 def _fail_on_notebook_errors(app, exception) -> None:
+    """build-finished: log every failed notebook with its failing cell, and exit with code 1."""
     if exception is not None:
         return                      # Sphinx is already reporting another error
     failed = failed_notebooks(app.env)
     if not failed:
         return
-    parts = [f"{len(failed)} notebook(s) raised while the book was built (small mode: "
-             f"BBITS_SMALL={os.environ.get('BBITS_SMALL', '')!r}); fix them, or run one with "
-             f"`BBITS_SMALL=1 python -m pytest --nbval-lax --nbval-current-env NOTEBOOK`:"]
+    parts = [(f"{len(failed)} notebook(s) raised while the book was built (small mode: "
+              f"BBITS_SMALL={os.environ.get('BBITS_SMALL', '')!r}); fix them, or run one with "
+              f"`BBITS_SMALL=1 python -m pytest --nbval-lax --nbval-current-env NOTEBOOK`:")]
     for docname, tb in failed:
+        # From the failing cell on: the frames of the executor above it say nothing about it.
+        tb = tb[tb.find(CELL_ERROR):] if CELL_ERROR in tb else tb
         lines = tb.strip().splitlines()
         parts.append(f"\n--- {docname}.ipynb (last {min(len(lines), TRACEBACK_LINES)} lines of "
                      f"{len(lines)}) ---\n" + "\n".join(lines[-TRACEBACK_LINES:]))
-    raise NotebookExecutionFailed("\n".join(parts))
+    # An error in the log and exit code 1, rather than an exception: Sphinx would wrap that in a
+    # crash report that asks to report a bug in Sphinx.
+    from sphinx.util import logging
+
+    logging.getLogger(__name__).error("\n".join(parts))
+    app.statuscode = 1
 
 
 def setup(app):
+    if not (Path(app.srcdir) / root_doc).with_suffix(".md").is_file():
+        from sphinx.errors import ConfigError
+
+        raise ConfigError(f"the book's source is the repository root, not {app.srcdir}: build it "
+                          "with `bash scripts/build_book.sh` (sphinx-build -c docs . OUTDIR)")
     app.connect("build-finished", _fail_on_notebook_errors)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -33,30 +33,38 @@ if ! "$python" -c 'import sphinx, myst_nb' >/dev/null 2>&1; then
 fi
 
 out="${BBITS_BOOK_OUT:-build/book/html}"
-# The notebooks' short versions (docs/route.md gives the timings of the long ones).
+# The notebooks' short versions: their training runs take a few hundred images, one or two epochs.
 export BBITS_SMALL="${BBITS_SMALL:-1}"
 # One BLAS thread per kernel: the small runs are too short to gain from more, and CI shares cores.
 export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-# Matplotlib and IPython keep their caches out of the user's home folder.
+# Matplotlib keeps its font cache out of the user's home folder.
 export MPLCONFIGDIR="${MPLCONFIGDIR:-$repo_root/build/book/mplconfig}"
 mkdir -p "$out" "$MPLCONFIGDIR"
 
-# Start from an empty output folder, but only if it is one we built (Sphinx writes .buildinfo):
-# never delete a folder this script did not write.
+# Start from an empty output folder, but only if this script made it (it leaves a marker there)
+# or Sphinx did (.buildinfo): never delete a folder this script did not write.
+marker=".built-by-build_book"
 if [[ -n "$(ls -A "$out")" ]]; then
-    if [[ -f "$out/.buildinfo" ]]; then
+    if [[ -f "$out/$marker" || -f "$out/.buildinfo" ]]; then
         rm -rf "$out"
         mkdir -p "$out"
     else
-        echo "$out exists and is not a Sphinx build; choose another folder with BBITS_BOOK_OUT" >&2
+        echo "$out is not empty and was not written by this script; choose another folder with" \
+             "BBITS_BOOK_OUT=DIR, or empty it yourself" >&2
         exit 1
     fi
 fi
+echo "written by scripts/build_book.sh; the next build empties this folder" > "$out/$marker"
 
 start=$SECONDS
 echo "==> building the book into $out (notebooks executed: ${BBITS_BOOK_EXECUTE:-force}, BBITS_SMALL=$BBITS_SMALL)"
 # -c docs: the configuration lives in docs/; the source is the repository root (see docs/conf.py).
+# -E: read every page again, so every notebook runs again against the library as it is now.
 # -d: Sphinx's cache next to, not inside, the published folder.  -q: warnings and errors only.
 # A notebook that raised is reported at the end, with its failing cell (docs/conf.py).
-"$python" -m sphinx -b html -q -c docs -d build/book/doctrees . "$out"
+if ! "$python" -m sphinx -b html -E -q -c docs -d build/book/doctrees . "$out"; then
+    echo "==> the book build FAILED after $((SECONDS - start)) s (see the errors above); the pages" \
+         "written so far are in $out" >&2
+    exit 1
+fi
 echo "==> book built in $((SECONDS - start)) s: open $out/index.html"

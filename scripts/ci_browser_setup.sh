@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install what tests/test_browser.py needs: Debian's Chromium and the `playwright` Python package.
+# Install what the browser tests (tests/test_browser.py, tests/test_book.py) need: Debian's
+# Chromium and the `playwright` Python package.
 #
 # Idempotent, and it never fails the build: if apt or pip cannot install something (no root, no
 # network, not Debian), it says so and exits 0, and the browser test then skips with a message
@@ -24,10 +25,10 @@ elif command -v apt-get >/dev/null 2>&1; then
         DEBIAN_FRONTEND=noninteractive timeout 900 $sudo apt-get install -y -qq chromium >/dev/null; then
         echo "chromium: installed"
     else
-        echo "chromium: could not be installed; tests/test_browser.py will skip" >&2
+        echo "chromium: could not be installed; the browser tests (tests/test_browser.py, tests/test_book.py) will skip" >&2
     fi
 else
-    echo "chromium: no apt-get on this machine; tests/test_browser.py will skip" >&2
+    echo "chromium: no apt-get on this machine; the browser tests (tests/test_browser.py, tests/test_book.py) will skip" >&2
 fi
 
 if "$python" -c 'import playwright.sync_api' >/dev/null 2>&1; then
@@ -35,6 +36,6 @@ if "$python" -c 'import playwright.sync_api' >/dev/null 2>&1; then
 elif "$python" -m pip install --quiet playwright; then
     echo "playwright: installed (the Python package only; no browser download)"
 else
-    echo "playwright: could not be installed; tests/test_browser.py will skip" >&2
+    echo "playwright: could not be installed; the browser tests (tests/test_browser.py, tests/test_book.py) will skip" >&2
 fi
 exit 0

@@ -59,7 +59,7 @@ if [[ -n "${CI:-}" && "${CI}" != "false" || -n "${BBITS_TEST_BOOK:-}" ]]; then
 fi
 echo "    install took $((SECONDS - start)) s"
 if [[ -n "${CI:-}" && "${CI}" != "false" ]]; then
-    step "installing Chromium and playwright for tests/test_browser.py (CI only; never fails)"
+    step "installing Chromium and playwright for tests/test_browser.py and tests/test_book.py (CI only; never fails)"
     bash scripts/ci_browser_setup.sh
 fi
 

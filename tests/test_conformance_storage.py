@@ -47,7 +47,7 @@ def _entry(manifest, name):
 def test_manifest_schema(suite_dir):
     manifest = json.loads((suite_dir / MANIFEST).read_text())
     assert manifest["schema_version"] == SCHEMA_VERSION == 2
-    assert manifest["suite_version"] == SUITE_VERSION == "1.0"
+    assert manifest["suite_version"] == SUITE_VERSION == "1.1"
     assert manifest["complete"] is True and manifest["created_by"].startswith("bbits_ref ")
     assert "atol + rtol" in manifest["comparison"] and "docs/method.md" in manifest["comparison"]
     assert [e["name"] for e in manifest["cases"]] == list(CASE_IDS[SUITE_VERSION])
@@ -79,7 +79,7 @@ def test_a_manifest_that_lost_cases_fails_before_any_adapter_runs(suite_dir, tmp
     del manifest["cases"][5:60]                 # the ones an adapter failed, say
     _save(target, manifest)
     with pytest.raises(SuiteError, match=f"has {len(CASE_IDS[SUITE_VERSION])} cases, the "
-                                         f"manifest lists 20: 55 missing \\({lost[0]}"):
+                                         f"manifest lists 22: 55 missing \\({lost[0]}"):
         load(target)
     # the check never builds the adapter: an unimportable one is not even noticed
     with pytest.raises(SuiteError, match="55 missing"):
@@ -145,6 +145,10 @@ def test_missing_case_file_is_reported(suite_dir, tmp_path):
     (lambda m: m.update(cases={"a": 1}), "'cases' must be a list"),
     (lambda m: m["cases"][0].update(atol="0.1"), "tolerances that are not finite"),
     (lambda m: m["cases"][0].update(rtol=-1.0), "tolerances that are not finite"),
+    (lambda m: m["cases"][-1]["tolerances"]["losses"][0].__setitem__(3, -1e-3),
+     "tolerances that are not finite"),
+    (lambda m: m["cases"][-1]["tolerances"]["losses"].__setitem__(0, []),
+     "tolerances that are not finite"),
     (lambda m: m["cases"][0].update(file="../../etc/passwd"), "names file '../../etc/passwd'"),
     (lambda m: m["cases"][0].update(method="lenet5_step"), "not the method of its id"),
     (lambda m: m["cases"][0]["scalars"].update(signed=[1, 2]), "'scalars' that are not"),

@@ -12,7 +12,7 @@ import pytest
 
 from bbits_ref.autograd.nn import Parameter
 from bbits_ref.autograd.optim import Adam
-from bbits_ref.conformance import build_cases, check_in_process, export, load, mutants
+from bbits_ref.conformance import build_cases, check_in_process, compare, export, load, mutants
 from bbits_ref.conformance.families import trajectory
 from bbits_ref.conformance.families._common import hc_kinks
 from bbits_ref.conformance.reference import ReferenceAdapter
@@ -56,6 +56,15 @@ def test_cases_hold_the_recipe_and_fixed_data(cases):
     mixed = cases["lenet5_train/mixed_gates"].inputs["params"]
     assert np.float32(mixed["conv2.weight_quantizer.gate_logits"][1]) == np.float32(-1.9985)
     assert mixed["conv2.act_quantizer.gate_logits"][1] == -2.0
+
+
+def test_per_step_tolerances():
+    # an atol per index of the first axis: each step is held to its own tolerance
+    zeros, atol = np.zeros((3, 2)), (1e-3, 1.0, 1e-3)
+    assert compare("losses", [[0, 0], [0.5, 0], [0, 1e-4]], zeros, atol, 0.0).ok
+    bad = compare("losses", [[2e-3, 0], [0.5, 0], [0, 0]], zeros, atol, 0.0)
+    assert not bad.ok and "at index (0, 0)" in bad.message and bad.worst_abs == 0.5
+    assert not compare("losses", [0, 0], np.zeros(2), atol, 0.0).ok          # wrong length
 
 
 def test_mixed_gates_crosses_the_hard_cut_during_training():

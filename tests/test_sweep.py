@@ -147,6 +147,14 @@ def test_failing_member_is_recorded_while_the_others_finish(tmp_path, monkeypatc
         real_write_json(path, obj)
 
     monkeypatch.setattr(bbits_ref._files, "write_json", spy)
+    import bbits_ref.plotting
+    drawn, real_save_figures = [], bbits_ref.plotting.save_sweep_figures
+
+    def spy_figures(points, baselines, out_dir):
+        drawn.append(sorted(r["member"] for r in points + baselines))
+        return real_save_figures(points, baselines, out_dir)
+
+    monkeypatch.setattr(bbits_ref.plotting, "save_sweep_figures", spy_figures)
     out = tmp_path / "s"
     # μ = 1e308 makes the loss infinite at the first step: a real divergence
     with pytest.raises(SweepFailed) as info:
@@ -169,6 +177,8 @@ def test_failing_member_is_recorded_while_the_others_finish(tmp_path, monkeypatc
         ["pending", "pending", "pending"], ["done", "pending", "pending"],
         ["done", "failed", "pending"], ["done", "failed", "done"])]
     assert "FAILED" in capsys.readouterr().out
+    # the Pareto figure is drawn as members arrive (not after a failure), and once at the end
+    assert drawn == [["mu0.1-seed0"], ["mu0.1-seed0", "w8a8-seed0"], ["mu0.1-seed0", "w8a8-seed0"]]
 
 
 def test_seeds_are_an_axis_with_mean_and_std(tmp_path, capsys):

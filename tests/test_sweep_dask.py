@@ -4,10 +4,12 @@ The members are tiny (128 training / 64 test images, batch 64, 1 epoch: 2 steps)
 here is bound to 127.0.0.1 and closed by the test that starts it, so no process is left behind."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,15 @@ TINY = ["--train-limit", "128", "--test-limit", "64", "--epochs", "1", "--batch-
 WHY = "needs the optional extra 'cluster' (pip install 'bbits-ref[cluster]'); CI installs it"
 
 
+def test_ci_installs_the_cluster_extra_that_pyproject_declares():
+    # scripts/run_tests.sh spells the extra's requirements out (its one `-e .[...]` install line
+    # is the synced extras, see tests/test_packaging.py); this keeps the two from drifting apart
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["cluster"]
+    script = (REPO / "scripts" / "run_tests.sh").read_text()
+    assert extra and all(f"pip install --quiet '{req}'" in script for req in extra), extra
+
+
 @pytest.fixture(scope="module")
 def distributed():
     return pytest.importorskip("distributed", reason=WHY)
@@ -34,11 +45,13 @@ def psutil(distributed):
 
 
 def descendants(psutil) -> set:
-    """This process's descendants, but the multiprocessing resource tracker (which stays)."""
+    """This process's running descendants, but the multiprocessing resource tracker (which
+    stays)."""
     found = set()
     for p in psutil.Process().children(recursive=True):
         try:
-            if "resource_tracker" not in " ".join(p.cmdline()):
+            if p.status() != psutil.STATUS_ZOMBIE and \
+                    "resource_tracker" not in " ".join(p.cmdline()):
                 found.add(p.pid)
         except psutil.Error:                  # ended meanwhile
             pass
@@ -118,7 +131,8 @@ def test_rerun_skips_both_finished_members_without_a_cluster(finished, psutil, c
 def their_cluster(distributed):
     """A running cluster the sweep did not start (one in-process worker thread)."""
     cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                       protocol="tcp", host="127.0.0.1", dashboard_address=None)
+                                       protocol="tcp", host="127.0.0.1",
+                                       dashboard_address="127.0.0.1:0")   # not port 8787
     client = distributed.Client(cluster, set_as_default=False)
     yield cluster, client
     client.close()
@@ -131,13 +145,31 @@ def test_a_cluster_the_sweep_did_not_start_keeps_running(their_cluster, tmp_path
     out = tmp_path / "s"
     monkeypatch.chdir(tmp_path)                 # a relative --out: tasks get the absolute path
     assert main(["sweep", *TINY, "--mus", "0.05", "--scheduler", cluster.scheduler_address,
-                 "--out", "s"]) == 0
+                 "--out", "s", "--data-dir", "data"]) == 0
     assert f"on the Dask cluster at {cluster.scheduler_address} (1 workers" in \
         capsys.readouterr().out
     [row] = json.loads((out / "sweep.json").read_text())["runs"]
     assert row["status"] == "done" and (out / "mu0.05-seed0" / "summary.json").exists()
+    saved = json.loads((out / "mu0.05-seed0" / "config.json").read_text())
+    assert saved["data_dir"] == str((tmp_path / "data").resolve())
     assert len(client.nthreads()) == 1          # its worker is still there
     assert client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the worker is a thread here
+def test_a_failing_member_is_recorded_with_its_reason(their_cluster, tmp_path, capsys):
+    cluster, _ = their_cluster
+    out = tmp_path / "s"
+    # μ = 1e308 makes the loss infinite at the first step: a real divergence (exit code 5)
+    assert main(["sweep", *TINY, "--mus", "1e308", "--scheduler", cluster.scheduler_address,
+                 "--out", str(out)]) == 5
+    [row] = json.loads((out / "sweep.json").read_text())["runs"]
+    assert (row["status"], row["exit_code"]) == ("failed", 5)
+    assert re.match(r"(TrainingDiverged|DivergedError): training diverged: loss became inf",
+                    row["reason"]), row["reason"]
+    captured = capsys.readouterr()
+    assert f"[1/1] mu1e+308-seed0: FAILED: {row['reason']}" in captured.out
+    assert captured.err.startswith("bbits-ref: 1 of 1 sweep members failed: mu1e+308-seed0")
 
 
 def test_a_stopped_sweep_stops_its_members_and_one_member_folder_has_one_writer(
@@ -208,5 +240,7 @@ def test_sigterm_closes_the_local_cluster_it_started(distributed, psutil, tmp_pa
     stderr = sweep.stderr.read().decode()
     assert code == 130, stderr
     assert "run the same command again to continue" in stderr
+    assert "its Dask cluster and workers are stopped too" in stderr
+    assert "Traceback" not in stderr            # the workers leave Ctrl-C/SIGTERM to the sweep
     rows = json.loads((out / "sweep.json").read_text())["runs"]
     assert [r["status"] for r in rows] == ["pending", "pending"]

@@ -423,6 +423,7 @@ def test_fixed_gate_finetuning(monkeypatch):
     ({"train_limit": 0}, "train_limit must be at least 1"),
     ({"test_limit": -1}, "test_limit must be at least 1"),
     ({"seed": -1}, "seed must be at least 0"),
+    ({"width": 1e9}, "width must be at most 8"),
     ({"epochs": "100"}, "epochs must be a whole number"),
     ({"download": "yes"}, "download must be true or false"),
     ({"gate_options": {"straight_through": True}}, "hard_concrete gates take the options"),

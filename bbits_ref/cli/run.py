@@ -23,7 +23,8 @@ __all__ = ["cmd_train", "cmd_figures", "cmd_info", "cmd_readout", "cmd_gradcheck
 #: memory, and the readout needs every weight.
 MAX_READOUT_WIDTH = 8.0
 #: ``train`` options that never change a run's settings.
-_NOT_SETTINGS = {"resume", "no_progress", "func", "command", "debug", "change_lr"}
+_NOT_SETTINGS = {"resume", "no_progress", "func", "command", "debug", "change_lr", "engine",
+                 "device"}
 #: ``train`` options that set learning rates (allowed with --resume --change-lr).
 _LR_OPTIONS = {"lr": None, "lr_weights": "lr_weights", "lr_gates": "lr_gates",
                "lr_ranges": "lr_ranges"}
@@ -64,7 +65,8 @@ def cmd_train(args) -> int:
         runs.check_new_run(out, force=args.force)       # early: nothing loaded or changed yet
         # Build the trainer (settings checked, data loaded) before clearing anything: a run that
         # cannot start leaves the folder as it was.
-        trainer = Trainer(config, out_dir=out, progress=not args.no_progress)
+        trainer = Trainer(config, out_dir=out, progress=not args.no_progress,
+                          engine=args.engine or "numpy", device=args.device)
         if args.force:
             removed = runs.clear_run(out)
             if removed:
@@ -75,6 +77,7 @@ def cmd_train(args) -> int:
               f"μ = {config.mu:g}, seed {config.seed}, preset {preset} (lr: weights "
               f"{config.lr_weights:g}, gates {config.lr_gates:g}, ranges {config.lr_ranges:g}) "
               f"-> {out}")
+    print(f"computed by the {trainer.engine.name} engine on {trainer.engine.device}")
     t0 = time.time()
     summary = trainer.fit()
     print()
@@ -117,7 +120,8 @@ def _resume(args):
         raise RunDirError(f"{path} is not the checkpoint.npz of a run folder: --resume continues "
                           f"a run in its own folder. Copy {path.name} into an empty folder as "
                           "checkpoint.npz and pass --resume with that folder")
-    trainer = Trainer.resume(path, progress=not args.no_progress, lrs=lrs or None)
+    trainer = Trainer.resume(path, progress=not args.no_progress, lrs=lrs or None,
+                             engine=args.engine, device=args.device)
     if trainer.out_dir is None:                    # not reached: resume_folder adopts or refuses
         raise RunDirError(f"{path} belongs to no run folder; copy it into an empty folder as "
                           "checkpoint.npz and pass --resume with that folder")
@@ -232,6 +236,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="start again in a folder that holds a run: removes only that run's "
                         "files, once the new run's settings and data are checked")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("engine (how the run is computed; not a setting of the run)")
+    g.add_argument("--engine", choices=("numpy", "torch"), default=None,
+                   help="numpy: the reference (default for a new run); torch: the same training "
+                        "computed by bbits_ref.torch_impl (needs: pip install "
+                        "'bbits-ref[torch]'). With --resume, default: the engine that computed "
+                        "the run so far; a checkpoint of either engine resumes in the other")
+    g.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None,
+                   help="torch engine only: cpu, cuda, or auto (default: cuda if available)")
 
 
 def _train_defaults() -> dict:

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 from bbits_ref._errors import BBitsError, DataFileError, RunDirError, UsageError
@@ -233,10 +234,12 @@ def open_dask(scheduler: str, workers: int):
     if scheduler == "local":
         # silence_logs: the sweep reports each member's failure itself; Dask's own warnings
         # (tasks cancelled, workers killed when the sweep stops) would bury that in tracebacks
-        cluster = distributed.LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None, env=dict(_ONE_BLAS_THREAD), silence_logs=logging.ERROR,
-            preload=[__name__])                     # runs dask_setup below in every worker
+        with warnings.catch_warnings():     # its small HTTP server moves off a busy port 8787
+            warnings.filterwarnings("ignore", message="Port .* is already in use")
+            cluster = distributed.LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address=None, env=dict(_ONE_BLAS_THREAD), silence_logs=logging.ERROR,
+                preload=[__name__])                 # runs dask_setup below in every worker
         try:
             return distributed.Client(cluster, set_as_default=False), cluster
         except BaseException:
@@ -299,9 +302,9 @@ def _dask_member(config_dict: dict, out_dir: str, stop_event: str, exclusive: bo
 def run_dask(tasks, client, exclusive: bool = True):
     """Run ``(name, config_dict, out_dir)`` tasks on the Dask cluster of ``client``.
 
-    Yields ``(name, result)`` as members finish, like :func:`run_local`.  Every task writes into
-    ``out_dir`` made absolute, so the workers must see the same folder (a shared filesystem, for
-    a cluster of several machines).  A task that the cluster could not run (its worker died
+    Yields ``(name, result)`` as members finish, like :func:`run_local`.  Every task gets
+    ``out_dir`` (and the config's ``data_dir``) as absolute paths, so the workers must see the
+    same folders (a shared filesystem, for a cluster of several machines).  A task that the cluster could not run (its worker died
     three times, or cannot import bbits_ref) is a failed member too.  When the caller stops, the
     pending tasks are cancelled and the running ones stop after their next checkpoint.
     ``exclusive`` (see :func:`_dask_member`) may be False only on a cluster that ends with the
@@ -313,6 +316,9 @@ def run_dask(tasks, client, exclusive: bool = True):
     stop_event = f"bbits-ref-sweep-stop-{token}"
     futures, names = [], {}
     for name, config_dict, out_dir in tasks:
+        if config_dict.get("data_dir"):         # relative to this folder, not the workers'
+            config_dict = {**config_dict,
+                           "data_dir": str(Path(config_dict["data_dir"]).expanduser().resolve())}
         future = client.submit(_dask_member, config_dict, str(Path(out_dir).resolve()),
                                stop_event, exclusive, pure=False,
                                key=f"bbits-ref-{name}-{token}")

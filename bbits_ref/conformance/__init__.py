@@ -38,6 +38,15 @@ type fails that case ("could not run") and the check goes on.
     One training forward and backward of LeNet-5 (§7.1): mean cross-entropy + μ·Σ_t R_t
     (autoregressive, bop), hard cut on; params and noise named as in
     ``bbits_ref.method.models.lenet5().state_dict()`` and ``BBNet.sample_noise``.
+``lenet5_train(params, x, y, noise, *, mu, lr, beta1, beta2, eps) -> {"losses", "params"}``
+    K training steps of LeNet-5 under the MNIST recipe (§7.3): step k takes the batch
+    ``x[k]`` (K, N, 1, 28, 28), labels ``y[k]`` and the gate noise ``noise[q][key][k]``, computes
+    the loss of ``lenet5_step`` and updates weights (and biases), gate logits and ranges with one
+    Adam each (PyTorch ≥ 1.5's update: ε added after the bias correction; no weight decay, no
+    schedule).  Returns ``losses`` (K,), the loss of every step before its update, and
+    ``params``: every float parameter after the K updates, named as ``lenet5_step``'s gradients.
+    Float32 drifts from the float64 trajectory: the tolerances are measured
+    (:mod:`bbits_ref.conformance.families.trajectory`).
 
 Typical use::
 
@@ -56,10 +65,10 @@ How the package is cut (each module imports only those above it):
   :class:`Case` / :class:`Suite` data model; :mod:`~.case_ids` — the case ids of each version;
 * :mod:`~.reference` — the reference behind the protocol (the suite's expected values);
   :mod:`~.mutants` — wrong adapters the suite must catch; :mod:`~.official` — the official code
-  behind the protocol.  They stay at the top of the package because users name them in
+  behind the protocol, with :mod:`~.official_lenet5` driving its LeNet-5.  They stay at the top of the package because users name them in
   ``--impl bbits_ref.conformance.reference:adapter``;
-* :mod:`~.families` — one module per case family (quantize, gates, regularizer, bops, lenet5)
-  and :func:`build_cases`;
+* :mod:`~.families` — one module per case family (quantize, gates, regularizer, bops, lenet5,
+  trajectory) and :func:`build_cases`;
 * :mod:`~.storage` — :func:`export` and :func:`load`: files, schema, integrity;
 * :mod:`~.worker` — running an adapter in a child process; :mod:`~.report` — verdicts, text,
   JSON and JUnit; :mod:`~.checker` — comparison, :func:`check`, :func:`check_in_process`;

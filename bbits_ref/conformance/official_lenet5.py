@@ -131,6 +131,15 @@ class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         pass
 
 
+def _inside(module, repo_dir: Path) -> bool:
+    """True for a module loaded from a file (or a namespace package) inside the clone."""
+    try:
+        paths = [getattr(module, "__file__", None)] + list(getattr(module, "__path__", None) or [])
+        return any(p and Path(p).resolve().is_relative_to(repo_dir.resolve()) for p in paths)
+    except Exception:                            # an odd module object: not the clone's
+        return False
+
+
 def _import_official(repo_dir: Path) -> tuple[dict, list]:
     """Import the model and driver modules of the clone; returns ({name: module}, stubbed)."""
     before = dict(sys.modules)
@@ -155,11 +164,16 @@ def _import_official(repo_dir: Path) -> tuple[dict, list]:
         modules["straight_through"] = st
     finally:
         sys.meta_path.remove(finder)
-        for p in added_paths:
-            sys.path.remove(p)
-        for name in [n for n in sys.modules if n not in before]:
-            del sys.modules[name]                 # the adapter keeps its modules; nobody else
+        # the clone's modules and the stand-ins leave sys.modules (the adapter keeps its own
+        # references); anything else imported meanwhile (a torch submodule) stays
+        stubbed = set(finder.stubbed)
+        leaving = [n for n in list(sys.modules) if n not in before
+                   and (n in stubbed or _inside(sys.modules[n], repo_dir))]
+        for name in leaving:                      # decided first: a namespace package needs
+            del sys.modules[name]                 # its parent while its path is computed
         sys.modules.update(before)
+        for p in added_paths:                     # after: namespace paths come from sys.path
+            sys.path.remove(p)
     for module, names in ((modules[DRIVER_MODULE], ("set_rn_q", "gate_loss", "assign_macs",
                                                     "print_bitops")),
                           (modules[UTILS_MODULE], ("get_groups_and_macs",))):

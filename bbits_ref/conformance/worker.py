@@ -35,7 +35,8 @@ from bbits_ref.conformance.protocol import METHODS, call, flatten
 __all__ = ["AdapterProcess", "AdapterImportError", "Outcome", "Unconvertible", "load_adapter",
            "run_call", "DEFAULT_TIMEOUT", "STARTUP_TIMEOUT"]
 
-#: Seconds an adapter may take on one case (the LeNet-5 step is the slowest: ~1 s in NumPy).
+#: Seconds an adapter may take on one case (the slowest, a 20-step LeNet-5 trajectory, takes
+#: ~6 s in NumPy).
 DEFAULT_TIMEOUT = 120.0
 #: Seconds the worker may take to start and build the adapter (importing torch can be slow).
 STARTUP_TIMEOUT = 300.0

@@ -1014,8 +1014,9 @@ register(Exercise(
                 "within it, take the most accurate."),
     ),
     solution_text="Filter the runs by relative BOPs ≤ the budget, then take the most accurate. "
-                  "That run is always on the Pareto front: a run that dominated it would be "
-                  "within the budget too and more accurate (docs/method.md §7.4).",
+                  "Such a run is on the Pareto front, or tied with one: a run that dominated "
+                  "it would be within the budget too and at least as accurate "
+                  "(docs/method.md §7.4).",
     solution_code="""
 from bbits_ref.course import runs
 from bbits_ref.course.exercises import BOP_BUDGET

@@ -253,8 +253,18 @@ class QuantizedLayer(nn.Module):
     def _op(self, x: torch.Tensor, w: torch.Tensor, bias=None) -> torch.Tensor:
         raise NotImplementedError
 
+    #: The quantized weight computed once for a whole evaluation (``models.cached_weights``);
+    #: None: quantize at every forward.
+    cached_weight: torch.Tensor | None = None
+
     def quantize_weight(self, w: torch.Tensor) -> torch.Tensor:
+        if self.cached_weight is not None:
+            return self.cached_weight
         return w if self.weight_quantizer is None else self.weight_quantizer(w)
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The weight this layer's op uses: Q(W) (the BN-folded layers: Q(W·scale/σ_run))."""
+        return self.quantize_weight(self.weight)
 
     def finish(self, y: torch.Tensor) -> torch.Tensor:
         """ReLU, then the activation quantizer (§6: quantize after the nonlinearity).
@@ -307,12 +317,18 @@ class _FoldedBN:
     def _per_channel(self, v):
         return v.reshape((1, -1) + (1,) * (len(self._axes) - 1))
 
+    def quantized_weight(self) -> torch.Tensor:
+        if self.cached_weight is not None:
+            return self.cached_weight
+        sigma_run = torch.sqrt(self.bn.running_var + self.bn.eps)  # a constant (buffer)
+        scale = self.bn.weight / sigma_run                         # γ / σ_run per channel
+        w_fold = self.weight * scale.reshape((-1,) + (1,) * (self.weight.ndim - 1))
+        return self.quantize_weight(w_fold)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn = self.bn
         sigma_run = torch.sqrt(bn.running_var + bn.eps)           # a constant (buffer)
-        scale = bn.weight / sigma_run                              # γ / σ_run per channel
-        w_fold = self.weight * scale.reshape((-1,) + (1,) * (self.weight.ndim - 1))
-        y = self._op(x, self.quantize_weight(w_fold))
+        y = self._op(x, self.quantized_weight())
         if self.training:
             y_fp = self._op(x, self.weight)
             var, mean = torch.var_mean(y_fp, dim=self._axes, correction=0, keepdim=True)

@@ -20,6 +20,8 @@ ways (:mod:`.state`).  Configuration is a :class:`bbits_ref.method.layers.BBConf
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from torch import nn
@@ -32,7 +34,7 @@ from bbits_ref.torch_impl import gates as gates_mod
 from bbits_ref.torch_impl.layers import (NUMPY_DTYPES, MaxPool2d, QConv2d, QConv2dBN, QLinear,
                                          QLinearBN, as_generator)
 
-__all__ = ["BBNet", "LeNet5", "VGG7", "build", "make_layer"]
+__all__ = ["BBNet", "LeNet5", "VGG7", "build", "make_layer", "cached_weights"]
 
 _LAYER_CLASSES = {("conv", False): QConv2d, ("conv", True): QConv2dBN,
                   ("linear", False): QLinear, ("linear", True): QLinearBN}
@@ -149,6 +151,31 @@ class BBNet(BuiltNetwork, nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.name}, input {self.input_shape}"
+
+
+@contextmanager
+def cached_weights(model: BBNet):
+    """Evaluate with every layer's quantized weight computed once, not at every batch.
+
+    In evaluation mode the gates are the deterministic test-time gates and the weights (and a
+    folded BN's running statistics) do not change between batches, so each layer's Q(W) is
+    the same for every batch: compute it once on entry, reuse it, drop it on exit (the official
+    code caches the quantized weights for evaluation in the same way).  Same values as
+    quantizing at every batch.  Needs ``model.eval()``; no gradients are recorded.
+    """
+    if model.training:
+        raise RuntimeError("cached_weights is for evaluation, where the gates are deterministic: "
+                           "call model.eval() first (training samples new gates every forward)")
+    layers = [m for _, m in model.quantized_layers()]
+    try:
+        with torch.no_grad():
+            for m in layers:
+                m.cached_weight = None
+                m.cached_weight = m.quantized_weight()
+        yield model
+    finally:
+        for m in layers:
+            m.cached_weight = None
 
 
 def build(architecture: Architecture, config: BBConfig | None = None, *, rng=0,

@@ -31,6 +31,8 @@ DATASET_GATE_PRESET = {"mnist-small": "mnist", "mnist": "mnist", "cifar10": "cif
 DATASET_MODEL = {"mnist-small": "lenet5", "mnist": "lenet5", "cifar10": "vgg7"}
 #: Epochs of the official recipe (§7.3): LeNet-5/MNIST 100, VGG-7/CIFAR-10 300.
 OFFICIAL_EPOCHS = {"mnist-small": 100, "mnist": 100, "cifar10": 300}
+#: The largest VGG-7 width multiplier a config accepts (width 8: about 0.85 G parameters).
+MAX_WIDTH = 8.0
 
 #: Named settings on top of :class:`TrainConfig`'s official defaults.
 PRESETS = {
@@ -127,6 +129,9 @@ class TrainConfig:
         _number("finetune_epochs", self.finetune_epochs, integer=True, minimum=0)
         _number("seed", self.seed, integer=True, minimum=0)
         _number("width", self.width, above=0)
+        if self.width > MAX_WIDTH:
+            raise UsageError(f"width must be at most {MAX_WIDTH:g} (VGG-7's parameters grow with "
+                             f"its square: about 13 M at width 1); got {self.width!r}")
         for name in ("mu", "lr_weights", "lr_gates", "lr_ranges", "finetune_lr"):
             _number(name, getattr(self, name), minimum=0)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)

@@ -16,6 +16,12 @@ folder.  Training stops with :class:`~bbits_ref._errors.DivergedError` at the fi
 loss, gradient or parameter, or a range β driven to 0 or below, naming the step, the epoch and
 the last good checkpoint; :meth:`Trainer.resume` can continue it with smaller learning rates
 (``lrs=``), which the run records.
+
+``engine="torch"`` computes the same loop with ``bbits_ref.torch_impl`` (on ``device``): same
+settings, data order, gate noise, history, run files and checkpoint format
+(:mod:`bbits_ref.training.engines`).  The engine is a way to compute, not a setting: it is not
+part of the :class:`TrainConfig`, ``run.json`` lists which engine computed which epochs, and a
+checkpoint written by one engine resumes in the other.
 Notebook: ``notebooks/06_lenet5_mnist.ipynb``.
 """
 from __future__ import annotations
@@ -30,6 +36,7 @@ from bbits_ref.autograd import ops
 from bbits_ref._errors import DivergedError, UsageError
 from bbits_ref._files import write_json
 from bbits_ref.training import runs
+from bbits_ref.training.engines import ENGINES, make_engine
 from bbits_ref.training.checkpoints import (CheckpointError, load_checkpoint, restore_rng,
                                             rng_state, save_checkpoint)
 from bbits_ref.datasets import Dataset, augment_cifar, batches, load_dataset
@@ -99,10 +106,13 @@ class Trainer:
         (N, C, H, W) float arrays; by default the config's dataset is loaded.
     progress : show tqdm progress bars (notebook-aware).
     verbose : print one line per epoch.
+    engine : "numpy" (the reference, default) or "torch" (``bbits_ref.torch_impl``).
+    device : for the torch engine: "cpu", "cuda" or "auto" (default: CUDA if available).
     """
 
     def __init__(self, config: TrainConfig, out_dir=None, data=None, progress: bool = True,
-                 verbose: bool = True) -> None:
+                 verbose: bool = True, engine: str = "numpy", device: str | None = None) -> None:
+        self.engine = make_engine(engine, device)      # first: a missing extra fails fast
         self.config = config
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.progress, self.verbose = progress, verbose
@@ -128,6 +138,9 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.epoch = 0            # finished epochs
         self.step = 0             # finished optimizer steps
+        self.engine.attach(self)
+        #: which engine computed which part of the run: {"engine", "device", "epoch", "step"}
+        self.engines: list[dict] = [self._engine_segment()]
         self.history: list[dict] = []
         self.last_checkpoint: Path | None = None
         self.run_id = runs.new_run_id()
@@ -172,6 +185,7 @@ class Trainer:
         c = self.config
         self.optimizer.schedule(self.epoch)
         self._set_phase()
+        self.engine.begin_epoch()
         mu = 0.0 if self.epoch >= c.epochs else c.mu
         self.model.train()
         n_batches = math.ceil(len(self.x_train) / c.batch_size)
@@ -185,28 +199,32 @@ class Trainer:
             if augment is not None:
                 xb = augment(xb, self.data_rng)       # on raw uint8 pixels, as torchvision
             xb = self._normalize(xb)
-            logits, ce, reg, loss = self.train_step(xb, yb, mu)
+            # numbers (numpy engine) or device tensors (torch engine: read only when logged)
+            ce, reg, loss, hits = self.engine.train_step(xb, yb, mu)
             self.step += 1
-            hits = int((logits.data.argmax(axis=1) == yb).sum())
-            correct, seen, ce_sum = correct + hits, seen + len(yb), ce_sum + float(ce.data) * len(yb)
+            correct, seen, ce_sum = correct + hits, seen + len(yb), ce_sum + ce * len(yb)
             if self.step % c.log_every == 0:
+                self.engine.check()
+                self.engine.sync_readout()
                 self.history.append(history_record(
                     self.model, kind="step", step=self.step, epoch=self.epoch + (b + 1) / n_batches,
-                    ce=float(ce.data), reg=float(reg.data), train_acc=hits / len(yb)))
+                    ce=float(ce), reg=float(reg), train_acc=float(hits) / len(yb)))
             if bar is not None:
                 bar.update(1)
                 if b % 10 == 0 or b == n_batches - 1:
-                    bar.set_postfix(loss=f"{float(loss.data):.3f}", acc=f"{correct / seen:.3f}",
+                    bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(correct) / seen:.3f}",
                                     bops=f"{self.history[-1]['relative_bops']:.2f}%"
                                     if self.history else "-")
         if bar is not None:
             bar.close()
+        self.engine.check()
+        self.engine.sync_readout()
         self.epoch += 1
         test_acc = self.evaluate()
         with no_grad():
             reg = float(self.model.regularizer().data)
         rec = history_record(self.model, kind="epoch", step=self.step, epoch=self.epoch,
-                             ce=ce_sum / seen, reg=reg, train_acc=correct / seen,
+                             ce=float(ce_sum) / seen, reg=reg, train_acc=float(correct) / seen,
                              test_acc=test_acc)
         self.history.append(rec)
         return rec
@@ -245,7 +263,10 @@ class Trainer:
         if not math.isfinite(value):
             self._diverged(f"{what} became {value}")
 
-    def _diverged(self, what: str):
+    def _diverged(self, what: str, first_step: int | None = None):
+        """Raise :class:`TrainingDiverged`: ``what`` happened at step ``self.step + 1`` (the numpy
+        engine, checked every step), or at one of the steps ``first_step`` .. ``self.step`` (the
+        torch engine, checked at logging points and epoch ends, without a sync per step)."""
         c = self.config
         flag = "--lr"
         smaller = min([lr for lr in (c.lr_weights, c.lr_gates, c.lr_ranges) if lr > 0],
@@ -260,7 +281,13 @@ class Trainer:
         else:
             advice = ("no checkpoint has been written yet: start again with smaller learning "
                       f"rates (e.g. {flag} {smaller:g}) or a smaller μ")
-        raise TrainingDiverged(f"training diverged: {what} at step {self.step + 1} "
+        if first_step is None:
+            where = f"at step {self.step + 1}"
+        else:
+            where = (f"at a step from {first_step} to {self.step} (the {self.engine.name} "
+                     f"engine checks every log_every = {c.log_every} steps and at epoch ends)"
+                     if first_step < self.step else f"at step {self.step}")
+        raise TrainingDiverged(f"training diverged: {what} {where} "
                                f"(epoch {self.epoch + 1}); {advice}")
 
     def _check_grads(self) -> None:
@@ -276,7 +303,11 @@ class Trainer:
             self._diverged(problem)
 
     def evaluate(self, batch_size: int = 1000) -> float:
-        """Test accuracy with the deterministic gates (docs/method.md §3.4)."""
+        """Test accuracy with the deterministic gates (docs/method.md §3.4), by the engine."""
+        return self.engine.evaluate(batch_size)
+
+    def _evaluate_reference(self, batch_size: int) -> float:
+        """:meth:`evaluate` with the reference model (the numpy engine)."""
         self.model.eval()
         correct = 0
         with no_grad():
@@ -309,6 +340,7 @@ class Trainer:
                       f"rel. BOPs {rec['relative_bops']:.3f}%", flush=True)
             if self.out_dir is not None:
                 self.save()
+        self.engine.sync_state()                 # trainer.model is the trained model
         summary = self.summary()
         if self.out_dir is not None and self.epoch >= self.total_epochs:
             write_json(self.out_dir / "summary.json", summary)
@@ -320,7 +352,8 @@ class Trainer:
             self._owns_out_dir = True
         runs.clean_temp_files(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.out_dir / "run.json", runs.run_record(self.run_id, self.lr_changes))
+        write_json(self.out_dir / "run.json", {**runs.run_record(self.run_id, self.lr_changes),
+                                               "engines": self.engines})
         write_json(self.out_dir / "config.json", self.config.to_dict())
 
     def summary(self) -> dict:
@@ -339,10 +372,12 @@ class Trainer:
     # -- checkpoints
     def save(self, path=None) -> Path:
         path = Path(path) if path is not None else self.out_dir / "checkpoint.npz"
+        self.engine.sync_state()
         meta = {"config": self.config.to_dict(), "epoch": self.epoch, "step": self.step,
                 "rng": {"data": rng_state(self.data_rng), "noise": rng_state(self.noise_rng)},
                 "history": self.history,
-                "run": {"id": self.run_id, "lr_changes": self.lr_changes}}
+                "run": {"id": self.run_id, "lr_changes": self.lr_changes,
+                        "engines": self.engines}}
         save_checkpoint(path, model_state=self.model.state_dict(),
                         optim_state=self.optimizer.state_dict(), meta=meta)
         if self.out_dir is not None and path.parent == self.out_dir:
@@ -352,7 +387,8 @@ class Trainer:
 
     @classmethod
     def resume(cls, path, data=None, progress: bool = True, out_dir=None,
-               verbose: bool = True, lrs: dict | None = None) -> "Trainer":
+               verbose: bool = True, lrs: dict | None = None, engine: str | None = None,
+               device: str | None = None) -> "Trainer":
         """Rebuild a trainer from a run folder (or a checkpoint file) to continue it.
 
         A run folder's ``checkpoint.npz`` continues in that folder, after checking it belongs
@@ -362,6 +398,9 @@ class Trainer:
         the next epoch on: ``config.json`` holds the new rates, ``run.json`` and the checkpoint
         list the change (``lr_changes``), and the history gets a note record
         (``kind="note"``, ``event="lr_change"``).
+        ``engine`` / ``device`` choose who computes the rest of the run (default: the engine
+        that computed the last part, numpy for runs written before engines existed); a change
+        is listed in ``run.json`` (``engines``) and noted in the history (``event="engine"``).
         Every problem with the file is one :class:`CheckpointError` line naming it.
         """
         path = Path(path)
@@ -373,7 +412,9 @@ class Trainer:
             config, run = check_checkpoint_meta(path, meta)
             folder = runs.resume_folder(path, run.get("id"), meta["config"])
             target = folder if out_dir is None else Path(out_dir)
-            trainer = cls(config, out_dir=target, data=data, progress=progress, verbose=verbose)
+            segments = run.get("engines") or [{}]
+            trainer = cls(config, out_dir=target, data=data, progress=progress, verbose=verbose,
+                          engine=engine or segments[-1].get("engine", "numpy"), device=device)
             trainer._owns_out_dir = (target is not None and folder is not None
                                      and target.resolve() == folder.resolve())
             built.update(trainer=trainer, folder=folder, run=run)
@@ -406,7 +447,26 @@ class Trainer:
         trainer.lr_changes = list(run.get("lr_changes", []))
         if lrs:
             trainer._change_lrs(lrs)
+        trainer.engine.load_state()
+        trainer._record_engine(list(run.get("engines") or [{"engine": "numpy", "device": "cpu",
+                                                            "epoch": 0, "step": 0}]))
         return trainer
+
+    def _engine_segment(self) -> dict:
+        return {**self.engine.describe(), "epoch": self.epoch, "step": self.step}
+
+    def _record_engine(self, previous: list) -> None:
+        """Continue the run's list of engines; a change of engine or device is noted."""
+        self.engines = previous
+        last = previous[-1] if previous else {}
+        now = self._engine_segment()
+        if (last.get("engine"), last.get("device")) != (now["engine"], now["device"]):
+            self.engines = previous + [now]
+            self.history.append({"kind": "note", "event": "engine", "epoch": self.epoch,
+                                 "step": self.step, "engine": now["engine"],
+                                 "device": now["device"],
+                                 "text": f"continued with the {now['engine']} engine on "
+                                         f"{now['device']}"})
 
     def _change_lrs(self, lrs: dict) -> None:
         """New learning rates from the next epoch on, recorded in the run (see :meth:`resume`)."""
@@ -484,6 +544,10 @@ def check_checkpoint_meta(path: Path, meta: dict):
     if not isinstance(run, dict) or not isinstance(run.get("id", ""), str) or not isinstance(
             run.get("lr_changes", []), list):
         raise bad("its run record (id, lr_changes) is malformed")
+    engines = run.get("engines", [])
+    if not isinstance(engines, list) or not all(
+            isinstance(e, dict) and e.get("engine") in ENGINES for e in engines):
+        raise bad(f"its list of engines should hold objects naming one of {list(ENGINES)}")
     try:
         config = TrainConfig.from_dict(meta["config"])
     except (ValueError, TypeError) as exc:
@@ -492,9 +556,11 @@ def check_checkpoint_meta(path: Path, meta: dict):
 
 
 def train(config: TrainConfig | None = None, out_dir=None, data=None, progress: bool = True,
-          verbose: bool = True, **overrides) -> tuple[Trainer, dict]:
+          verbose: bool = True, engine: str = "numpy", device: str | None = None,
+          **overrides) -> tuple[Trainer, dict]:
     """Train a model in one call: ``trainer, summary = train(epochs=3, mu=0.1)``."""
     config = (config or TrainConfig()).replace(**overrides)
-    trainer = Trainer(config, out_dir=out_dir, data=data, progress=progress, verbose=verbose)
+    trainer = Trainer(config, out_dir=out_dir, data=data, progress=progress, verbose=verbose,
+                      engine=engine, device=device)
     return trainer, trainer.fit()
 
