@@ -133,6 +133,9 @@ def side_by_side(dataset: str, width: float, engines: list, repeats: int, block:
 
 def main() -> None:
     removed = clean_blas_env(sys.argv)
+    # Idle OpenMP workers of torch spin by default and, on a machine shared with other work,
+    # take the cores the other engine needs: let them sleep (set before torch is imported).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from bbits_ref._runtime import keep_freed_memory
     malloc_tuned = keep_freed_memory()
     p = argparse.ArgumentParser(description=__doc__,
@@ -186,7 +189,8 @@ def main() -> None:
                     "(pip install threadpoolctl)", "torch": torch.get_num_threads()},
         "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if gpu else None,
         "machine": machine(), "blas": blas_info(), "blas_env_removed": removed,
-        "malloc_keeps_freed_memory": malloc_tuned, "load_average_1min": load}
+        "malloc_keeps_freed_memory": malloc_tuned, "load_average_1min": load,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     print(json.dumps(result, indent=2))
 
 

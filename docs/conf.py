@@ -3,7 +3,7 @@
 Build it with one command, ``bash scripts/build_book.sh`` (HTML in ``build/book/html``). The
 script runs, from the repository root::
 
-    BBITS_SMALL=1 sphinx-build -b html -c docs . build/book/html
+    BBITS_SMALL=1 sphinx-build -b html -E -c docs . build/book/html
 
 The source directory is the repository root and this file's folder is only the configuration
 directory, so that a link written for GitHub (``../notebooks/02_quantization_decomposition.ipynb``
@@ -13,9 +13,11 @@ from a page of docs/) is also a link of the book. ``include_patterns`` keeps the
 Notebooks are executed on every build (``nb_execution_mode = "force"``): a stale output would
 teach something the library no longer does. A cell that raises fails the build: every notebook
 still runs and every page is written, then the build logs an error that names each failed
-notebook and shows its failing cell and traceback, and sphinx-build exits with code 1. The notebooks
-read ``BBITS_SMALL`` (set by the build script) and run their short "small mode" versions.
-Everything here uses Sphinx's bundled theme (alabaster) and myst-nb: no Node, no downloads.
+notebook and shows its failing cell and traceback, and sphinx-build exits with code 1. The
+notebooks read ``BBITS_SMALL`` (set by the build script) and run their short "small mode"
+versions. Everything here uses Sphinx's bundled theme (alabaster) and myst-nb: no Node, no
+downloads at build time. MathJax (equations) and the widgets' JavaScript load from a CDN when a
+reader opens the book online.
 """
 from __future__ import annotations
 

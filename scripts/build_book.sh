@@ -39,7 +39,11 @@ export BBITS_SMALL="${BBITS_SMALL:-1}"
 export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 # Matplotlib keeps its font cache out of the user's home folder.
 export MPLCONFIGDIR="${MPLCONFIGDIR:-$repo_root/build/book/mplconfig}"
-mkdir -p "$out" "$MPLCONFIGDIR"
+# The notebooks' kernels get an IPython folder of their own: no startup file or setting of the
+# user's changes what the book shows, and the kernels' start-up warnings stay out of the log.
+export IPYTHONDIR="$repo_root/build/book/ipython"
+mkdir -p "$out" "$MPLCONFIGDIR" "$IPYTHONDIR/profile_default"
+echo 'c.IPKernelApp.log_level = "ERROR"' > "$IPYTHONDIR/profile_default/ipython_kernel_config.py"
 
 # Start from an empty output folder, but only if this script made it (it leaves a marker there)
 # or Sphinx did (.buildinfo): never delete a folder this script did not write.

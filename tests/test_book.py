@@ -15,7 +15,6 @@ playwright are missing; scripts/run_tests.sh installs all three in CI.
 from __future__ import annotations
 
 import ast
-import fcntl
 import functools
 import http.server
 import json
@@ -246,6 +245,9 @@ def _recorded_build(stamp: Path) -> dict | None:
 def book() -> Path:
     """build/book/html, built once per test run (the xdist workers share it through a lock)."""
     _require_book_extra()
+    # POSIX only, like the build script: imported where it is used
+    import fcntl
+
     BOOK_ROOT.mkdir(parents=True, exist_ok=True)
     stamp = BOOK_ROOT / "built-by-test-run"
     with open(BOOK_ROOT / "test-build.lock", "w") as lock:

@@ -134,16 +134,19 @@ def test_the_adam_mutant_differs_from_adam_only_by_where_eps_goes():
     rng = np.random.default_rng(0)
     grads = [rng.normal(0, 1e-7, 6), rng.normal(0, 1e-7, 6)]
     results = {}
+    placements = ("after_bias_correction", "before_bias_correction")      # ≥ 1.5, 1.1 (the mutant)
     for eps in (0.0, 1e-8):
-        for cls in (Adam, mutants._Adam11):
+        for placement in placements:
             p = Parameter(np.zeros(6))
-            opt = cls([p], lr=1e-3, eps=eps)
+            opt = Adam([p], lr=1e-3, eps=eps, eps_placement=placement)
             for g in grads * 3:
                 p.grad = g.copy()
                 opt.step()
-            results[eps, cls] = p.data.copy()
-    assert np.allclose(results[0.0, Adam], results[0.0, mutants._Adam11], rtol=1e-12, atol=0)
-    assert np.max(np.abs(results[1e-8, Adam] - results[1e-8, mutants._Adam11])) > 1e-4
+            results[eps, placement] = p.data.copy()
+    assert np.allclose(results[0.0, placements[0]], results[0.0, placements[1]], rtol=1e-12, atol=0)
+    assert np.max(np.abs(results[1e-8, placements[0]] - results[1e-8, placements[1]])) > 1e-4
+    optimizer = mutants.AdamEpsBeforeBiasCorrection()._optimizer([Parameter(np.zeros(1))])
+    assert optimizer.eps_placement == "before_bias_correction"
 
 
 def test_mutants_leave_the_other_cases_alone(loaded):

@@ -324,3 +324,35 @@ def test_cli_trains_with_torch_and_resumes_with_numpy(tmp_path, capsys):
     # a finished run: resuming it with the other engine is accepted (engine is not a setting)
     assert main(["train", "--resume", str(out), "--engine", "numpy", "--no-progress"]) == 0
     assert "resuming" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("changes", [
+    dict(epochs=1, finetune_epochs=1),                      # fixed-gate fine-tuning phase
+    dict(epochs=1, quantize=False, mu=0.0),                 # full precision: no gates
+    dict(epochs=1, pruning=False, gate="gumbel_softmax"),
+], ids=["finetune", "full-precision", "gumbel-no-pruning"])
+def test_variants_of_the_method_agree_between_engines(changes):
+    config = tiny(log_every=1, **changes)
+    a, b = trainer(config, "numpy"), trainer(config, "torch")
+    a.fit(), b.fit()
+    steps_a = [h for h in a.history if h["kind"] == "step"]
+    steps_b = [h for h in b.history if h["kind"] == "step"]
+    assert len(steps_a) == len(steps_b) == 3 * a.total_epochs
+    assert steps_b[0]["ce"] == pytest.approx(steps_a[0]["ce"], rel=1e-5)
+    for ha, hb in zip(steps_a, steps_b):
+        assert hb["ce"] == pytest.approx(ha["ce"], rel=1e-2)
+        assert hb["relative_bops"] == ha["relative_bops"]
+
+
+def test_noise_goes_to_the_device_in_one_copy_with_the_same_values():
+    """The GPU path's packing of the step noise (checked here on the CPU)."""
+    model = lenet5(rng=0)
+    noise = model.sample_noise(np.random.default_rng(5))
+    packed = engines.noise_to(noise, "cpu")
+    bases = {t.untyped_storage().data_ptr() for parts in packed.values() for t in parts.values()}
+    assert len(bases) == 1                                  # views of one buffer
+    assert packed.keys() == noise.keys()
+    for q, parts in noise.items():
+        assert parts.keys() == packed[q].keys()
+        for k, u in parts.items():
+            assert packed[q][k].dtype == torch.float64 and np.array_equal(packed[q][k].numpy(), u)

@@ -487,3 +487,28 @@ def test_torch_parity(kind, options):
         q = q.detach().numpy()
         np.testing.assert_allclose(p.data, q, rtol=2 * n_steps * F32_EPS, atol=0)
         assert np.mean(p.data == q) > 0.5            # most entries agree exactly
+
+
+def test_adam_eps_placement_of_pytorch_1_1():
+    """PyTorch 1.1 (the official runs) adds eps to √v before the bias correction; ≥ 1.5 after it.
+    The two agree when √v ≫ eps and differ when the gradient is as small as eps."""
+
+    def one_step(grad, placement):
+        p = Parameter(np.zeros(1))
+        opt = Adam([p], lr=1e-3, eps=1e-8, eps_placement=placement)
+        p.grad = np.array([grad])
+        opt.step()
+        return float(p.data[0])
+
+    b2 = 0.999
+    for grad in (1.0, 1e-9):
+        new = -1e-3 * (0.1 * grad / 0.1) / (np.sqrt(1e-3 * grad ** 2) / np.sqrt(1 - b2) + 1e-8)
+        old = -1e-3 * np.sqrt(1 - b2) / 0.1 * (0.1 * grad) / (np.sqrt(1e-3 * grad ** 2) + 1e-8)
+        assert one_step(grad, "after_bias_correction") == pytest.approx(new, rel=1e-12)
+        assert one_step(grad, "before_bias_correction") == pytest.approx(old, rel=1e-12)
+    assert one_step(1.0, "after_bias_correction") == pytest.approx(
+        one_step(1.0, "before_bias_correction"), rel=1e-6)
+    assert abs(one_step(1e-9, "after_bias_correction")) > 1.5 * abs(
+        one_step(1e-9, "before_bias_correction"))
+    with pytest.raises(ValueError, match="eps_placement"):
+        Adam([Parameter(np.zeros(1))], eps_placement="torch")

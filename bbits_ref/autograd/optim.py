@@ -302,12 +302,22 @@ class Adam(Optimizer):
     The bias corrections are Python floats (float64), the rest is in the parameter's dtype.  The
     step counter t is per parameter, as in PyTorch: a parameter skipped for lack of a gradient
     does not advance it.
+
+    ``eps_placement="before_bias_correction"`` gives PyTorch 1.1's formula, which the official
+    runs used: denom = √v + eps, p ← p − (lr·√(1−β₂ᵗ) / (1−β₁ᵗ))·m / denom.  The two differ only
+    where √v is comparable to eps (docs/method.md §7.3).
     """
 
     _buffers = ("step", "exp_avg", "exp_avg_sq")
+    EPS_PLACEMENTS = ("after_bias_correction", "before_bias_correction")
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+                 eps: float = 1e-8, weight_decay: float = 0.0,
+                 eps_placement: str = "after_bias_correction") -> None:
+        if eps_placement not in self.EPS_PLACEMENTS:
+            raise ValueError(f"eps_placement must be one of {self.EPS_PLACEMENTS}; got "
+                             f"{eps_placement!r}")
+        self.eps_placement = eps_placement
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
     def _check_hyper(self, group: dict, where: str) -> None:
@@ -331,8 +341,12 @@ class Adam(Optimizer):
         v += (1.0 - beta2) * grad * grad
         bias_correction1 = 1.0 - beta1 ** t
         bias_correction2 = 1.0 - beta2 ** t
-        step_size = group["lr"] / bias_correction1
-        denom = np.sqrt(v) / math.sqrt(bias_correction2) + group["eps"]
+        if self.eps_placement == "after_bias_correction":       # PyTorch >= 1.5
+            step_size = group["lr"] / bias_correction1
+            denom = np.sqrt(v) / math.sqrt(bias_correction2) + group["eps"]
+        else:                                                    # PyTorch 1.1
+            step_size = group["lr"] * math.sqrt(bias_correction2) / bias_correction1
+            denom = np.sqrt(v) + group["eps"]
         p.data -= step_size * m / denom
 
 

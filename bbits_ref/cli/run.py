@@ -78,6 +78,9 @@ def cmd_train(args) -> int:
               f"{config.lr_weights:g}, gates {config.lr_gates:g}, ranges {config.lr_ranges:g}) "
               f"-> {out}")
     print(f"computed by the {trainer.engine.name} engine on {trainer.engine.device}")
+    if args.resume and len(trainer.engines) > 1 and trainer.engines[-1]["epoch"] == trainer.epoch:
+        print(f"the engine changed from {trainer.engines[-2]['engine']} at epoch "
+              f"{trainer.epoch}: recorded in {out}/run.json and the history")
     t0 = time.time()
     summary = trainer.fit()
     print()

@@ -34,7 +34,6 @@ checker must survive (each call runs in a child process with a time limit).  It 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 
@@ -167,25 +166,6 @@ class SwappedMacs(ReferenceAdapter):
         return model
 
 
-class _Adam11(Adam):
-    """Adam with PyTorch 1.1's placement of ε (before the bias correction)."""
-
-    def _update(self, p, grad, group, state) -> None:
-        beta1, beta2 = group["betas"]
-        if group["weight_decay"] != 0.0:
-            grad = grad + group["weight_decay"] * p.data
-        if not state:
-            state.update(step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data))
-        state["step"] += 1
-        m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
-        m *= beta1
-        m += (1.0 - beta1) * grad
-        v *= beta2
-        v += (1.0 - beta2) * grad * grad
-        step_size = group["lr"] * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
-        p.data -= step_size * m / (np.sqrt(v) + group["eps"])
-
-
 class AdamEpsBeforeBiasCorrection(ReferenceAdapter):
     """PyTorch 1.1's Adam: ε added to √v before the bias correction (module docstring)."""
 
@@ -194,7 +174,7 @@ class AdamEpsBeforeBiasCorrection(ReferenceAdapter):
         self.name = "mutant: Adam epsilon before the bias correction (PyTorch 1.1)"
 
     def _optimizer(self, groups, **hyper):
-        return _Adam11(groups, **hyper)
+        return Adam(groups, eps_placement="before_bias_correction", **hyper)
 
 
 #: The mutants by short name.

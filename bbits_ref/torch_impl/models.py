@@ -171,7 +171,7 @@ def cached_weights(model: BBNet):
         with torch.no_grad():
             for m in layers:
                 m.cached_weight = None
-                m.cached_weight = m.quantized_weight()
+                m.cached_weight = m.quantized_weight().detach()
         yield model
     finally:
         for m in layers:

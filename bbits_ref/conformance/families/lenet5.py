@@ -13,7 +13,7 @@ from bbits_ref.conformance.families._common import away_from_kinks, f32, f32s, h
 from bbits_ref.conformance.protocol import SEED, Case
 from bbits_ref.method.quantizer import step_sizes
 
-__all__ = ["cases", "lenet5_fixture", "LENET5_CHAINS", "push_off_ties"]
+__all__ = ["cases", "lenet5_fixture", "LENET5_CHAINS", "push_off_ties", "set_mixed_gates"]
 
 #: Chain logits (φ4, φ8, φ16, φ32) of the LeNet-5 case: activations at most 4 bits (so float32
 #: activations rarely round differently), fractional gates, and the hard cut at φ = −2 exactly
@@ -38,6 +38,22 @@ def push_off_ties(w: np.ndarray, beta: float, signed: bool) -> np.ndarray:
     return np.where(np.abs(w) >= 0.999 * beta, w, moved)
 
 
+def set_mixed_gates(model, params: dict, rng: np.random.Generator) -> None:
+    """Give ``params`` (a LeNet-5 state dict) the mixed gates of :data:`LENET5_CHAINS`, random
+    pruning logits drawn from ``rng`` (quantizer by quantizer, in model order), and weights moved
+    off rounding ties with their ranges re-set to max(w).  Used by the single step and by the
+    ``mixed_gates`` trajectory, so both start from the same kind of network."""
+    for name, q in model.quantizers():
+        params[f"{name}.gate_logits"] = f32(LENET5_CHAINS[name])
+        if q.prune_logits is not None:
+            params[f"{name}.prune_logits"] = f32(rng.normal(1.5, 2.5, q.prune_logits.shape))
+        if q.kind == "weight":
+            layer = name.split(".")[0]
+            w = push_off_ties(params[f"{layer}.weight"], params[f"{name}.beta"], q.signed)
+            params[f"{layer}.weight"] = f32(w)
+            params[f"{name}.beta"] = f32(params[f"{layer}.weight"].max())
+
+
 def lenet5_fixture(seed: int = SEED) -> dict:
     """Inputs of the ``lenet5_step`` case: params, x (8 images), y, noise, mu.
 
@@ -55,15 +71,7 @@ def lenet5_fixture(seed: int = SEED) -> dict:
     model = lenet5(rng=rng, dtype=np.float64)
     model.initialize(images[:2], rng)
     params = {k: (f32(v) if v.dtype.kind == "f" else v) for k, v in model.state_dict().items()}
-    for name, q in model.quantizers():
-        params[f"{name}.gate_logits"] = f32(LENET5_CHAINS[name])
-        if q.prune_logits is not None:
-            params[f"{name}.prune_logits"] = f32(rng.normal(1.5, 2.5, q.prune_logits.shape))
-        if q.kind == "weight":
-            layer = name.split(".")[0]
-            w = push_off_ties(params[f"{layer}.weight"], params[f"{name}.beta"], q.signed)
-            params[f"{layer}.weight"] = f32(w)
-            params[f"{name}.beta"] = f32(params[f"{layer}.weight"].max())
+    set_mixed_gates(model, params, rng)
     noise = model.sample_noise(rng)
     for name, q in model.quantizers():
         for key, logit_key in (("prune", "prune_logits"), ("chain", "gate_logits")):
