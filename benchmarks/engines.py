@@ -1,4 +1,4 @@
-"""Benchmark the two training engines of ``bbits-ref train``: ``--engine numpy`` and ``--engine torch``.
+"""Benchmark the training engines of ``bbits-ref train``: ``--engine numpy`` and ``torch``.
 
     python benchmarks/engines.py                       # LeNet-5, VGG-7 width 0.25 and 1, CPU
     python benchmarks/engines.py --threads 1           # both engines on one thread

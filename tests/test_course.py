@@ -146,12 +146,12 @@ def _steps(run: course.RunSettings, train_size: int = 10_000) -> int:
 
 def test_full_mode_live_runs_fit_a_class():
     """Full mode must run each notebook in at most 3 minutes on 2 cores: the live runs are short
-    (a LeNet-5 step takes about 0.1-0.2 s here, a width-0.125 VGG-7 step about 1 s); the long
+    (a LeNet-5 step takes 0.1-0.4 s here, a width-0.125 VGG-7 step 1-2 s, more under load); the long
     runs come from figures/ (bbits_ref.course.runs)."""
     full = course.settings(small=False, environ={})
     assert _steps(full.tour) <= 100
     assert _steps(full.lenet5) <= 300
-    assert _steps(full.vgg7) <= 10 and full.vgg7_width <= 0.125
+    assert _steps(full.vgg7) <= 20 and full.vgg7_width <= 0.125
     assert _steps(full.sweep) * len(full.sweep_mus) <= 120
     small = course.settings(small=True)
     assert sum(_steps(r) for r in (small.tour, small.lenet5, small.vgg7, small.sweep)) <= 30

@@ -1,5 +1,6 @@
 """bbits_ref.course.runs: the committed runs load, are what they claim to be, and a damaged file
 is one clear DataFileError; the μ-sweep explorer of notebook 08 shows the committed numbers."""
+import itertools
 import json
 import re
 import shutil
@@ -50,7 +51,7 @@ def test_what_the_course_teaches_holds_on_the_committed_runs(committed):
     sweep = [committed[n] for n in runs.SWEEP]
     # the prior trades BOPs for accuracy: more μ, fewer BOPs (monotone over the sweep)
     bops = [r.relative_bops for r in sweep]
-    assert all(b2 <= b1 for b1, b2 in zip(bops, bops[1:])), bops
+    assert all(b2 <= b1 for b1, b2 in itertools.pairwise(bops)), bops
     assert bops[-1] < 0.5 * bops[0]
     # uniform baselines sit exactly at the BOPs of their bit widths
     from bbits_ref.method.bops import lenet5_layer_macs, uniform_relative_bops

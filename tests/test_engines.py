@@ -151,7 +151,6 @@ def test_numpy_torch_numpy_resume_keeps_training_sensibly(tmp_path):
     out = tmp_path / "run"
     config = tiny(epochs=3)
     trainer(config, "numpy", out).fit(stop_after=1)
-    _, _, meta1 = load_checkpoint(out / "checkpoint.npz")
 
     resumed = Trainer.resume(out, progress=False, verbose=False, engine="torch", device="cpu")
     model_state, optim_state, _ = load_checkpoint(out / "checkpoint.npz")

@@ -2,6 +2,7 @@
 describe, placeholders are "not answered yet", and the notebooks use exactly the registered ids."""
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -198,16 +199,18 @@ def test_notebooks_cite_the_method_and_use_tau_for_the_temperature():
 
 def test_the_learned_run_summary_is_read_as_an_untrusted_file(tmp_path, monkeypatch):
     assert len(E.learned_run_summary()["layers"]) == len(bops.LENET5_LAYERS)
-    monkeypatch.setattr(E, "LEARNED_RUN", tmp_path)
-    with pytest.raises(DataFileError, match="no run summary"):
-        E.learned_run_summary()
-    (tmp_path / "summary.json").write_text("{not json")
-    with pytest.raises(DataFileError, match="not a readable"):
-        E.learned_run_summary()
-    (tmp_path / "summary.json").write_text(json.dumps({"layers": "conv1"}))
-    with pytest.raises(DataFileError, match="no list of layers"):
-        E.learned_run_summary()
-    (tmp_path / "summary.json").write_text(json.dumps({"layers": [{"name": "conv1"}]}))
+    with pytest.raises(DataFileError, match="no committed run"):
+        E.learned_run_summary(root=tmp_path)
+    run = tmp_path / "mnist-lenet5-e100"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "figures" / "mnist-lenet5-e100", run)
+    (run / "summary.json").write_text("{not json")
+    with pytest.raises(DataFileError):
+        E.learned_run_summary(root=tmp_path)
+    (run / "summary.json").write_text(json.dumps({"layers": "conv1"}))
+    with pytest.raises(DataFileError, match="needs"):
+        E.learned_run_summary(root=tmp_path)
+    import bbits_ref.course.exercises as module
+    monkeypatch.setattr(module, "learned_run_summary", lambda: {"layers": [{"name": "conv1"}]})
     with pytest.raises(DataFileError, match="lacks"):
         E._learned_layers()
 

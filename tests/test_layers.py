@@ -50,7 +50,7 @@ LAYERS: dict[str, tuple[int, dict[str, int]]] = {
     "bbits_ref.training": (4, {"checkpoints": 0, "config": 0, "runs": 0, "compare": 0,
                                "experiments": 1, "trainer": 2}),
     "bbits_ref.plotting": (5, {"": 0}),
-    "bbits_ref.course": (6, {"settings": 0, "widgets": 0, "exercises": 0}),
+    "bbits_ref.course": (6, {"settings": 0, "runs": 0, "widgets": 0, "exercises": 1}),
     "bbits_ref.conformance": (6, {"case_ids": 0, "official_lenet5": 0, "reference": 0,
                                   "official": 1, "protocol": 1,
                                   "mutants": 1, "worker": 2, "report": 2, "families._common": 2,

@@ -25,7 +25,6 @@ import html
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,11 +32,10 @@ import numpy as np
 from bbits_ref._errors import DataFileError
 from bbits_ref.autograd.engine import Tensor
 
-__all__ = ["LEARNED_RUN", "BOP_BUDGET", "Exercise", "Mistake", "Solution", "exercise", "exercise_ids",
+__all__ = ["BOP_BUDGET", "Exercise", "Mistake", "Solution", "exercise", "exercise_ids",
            "learned_run_summary", "register"]
 
 #: The committed 100-epoch LeNet-5 run whose learned configuration exercise 05.2 uses.
-LEARNED_RUN = Path(__file__).resolve().parents[2] / "figures" / "mnist-lenet5-e100"
 
 _PLACEHOLDERS = (None, Ellipsis)
 
@@ -260,17 +258,12 @@ def exercise_ids() -> list:
     return sorted(_REGISTRY, key=lambda i: tuple(int(p) for p in i.split(".")))
 
 
-def learned_run_summary() -> dict:
-    """The ``summary.json`` of the committed 100-epoch LeNet-5 run (read as an untrusted file)."""
-    from bbits_ref.training.runs import read_json
+def learned_run_summary(root=None) -> dict:
+    """The ``summary.json`` of the committed 100-epoch LeNet-5 run, checked with its history and
+    config (:func:`bbits_ref.course.runs.paper_run`; ``root`` is the figures folder)."""
+    from bbits_ref.course.runs import paper_run
 
-    path = LEARNED_RUN / "summary.json"
-    data = read_json(path, "run summary (summary.json)")
-    layers = data.get("layers") if isinstance(data, dict) else None
-    if not (isinstance(layers, list) and layers and all(isinstance(x, dict) for x in layers)):
-        raise DataFileError(f"{path} has no list of layers; it should be the summary.json a "
-                            "bbits-ref train run writes")
-    return data
+    return paper_run(root).summary
 
 
 def _learned_layers() -> list:
@@ -281,7 +274,7 @@ def _learned_layers() -> list:
     layers = []
     for layer in learned_run_summary()["layers"]:
         if set(keys) - set(layer):
-            raise DataFileError(f"a layer of {LEARNED_RUN / 'summary.json'} lacks "
+            raise DataFileError(f"a layer of the committed run's summary.json lacks "
                                 f"{sorted(set(keys) - set(layer))}")
         layers.append(LayerCost(*(layer[k] for k in keys)))
     return layers

@@ -23,7 +23,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import bbits_ref
 from bbits_ref._errors import DataFileError
 from bbits_ref.training import experiments
 from bbits_ref.training.config import TrainConfig
@@ -47,8 +46,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
 
 def figures_dir(root=None) -> Path:
     """The repository's ``figures/`` folder (``root``: another folder that holds the runs)."""
-    folder = Path(bbits_ref.__file__).resolve().parents[1] / "figures" if root is None \
-        else Path(root)
+    # bbits_ref/course/runs.py -> the checkout that holds bbits_ref/ and figures/
+    folder = Path(__file__).resolve().parents[2] / "figures" if root is None else Path(root)
     if not folder.is_dir():
         raise DataFileError(f"no folder of committed runs at {folder}: they ship with the "
                             "repository, not with an installed package; work in a checkout "
