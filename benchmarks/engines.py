@@ -8,8 +8,9 @@
 Every figure is one step of ``Trainer``'s loop as ``bbits-ref train`` runs it (the official
 recipe, docs/method.md §7.3): batch 128, float32, fresh gate noise from the run's NumPy generator,
 CE + μ·R (μ = 0.1), backward, Adam on the three parameter groups; the torch engine also counts
-copying the batch and the noise to its device.  Both engines start from the same weights and
-see the same batches.  They are measured side by side, interleaved (``--block`` steps of one,
+copying the noise to its device (its batch comes from the training set it keeps on the device,
+``TorchEngine.epoch_batches``, as in ``bbits-ref train``).  Both engines start from the same
+weights and see the same batches.  They are measured side by side, interleaved (``--block`` steps of one,
 then of the other, ``--repeats`` times), on the same number of threads (NumPy's BLAS limited
 with threadpoolctl, ``torch.set_num_threads``), so other work on the machine slows both alike;
 compare ``torch_over_numpy`` (torch time / numpy time; target for LeNet-5 ≤ 0.5).
@@ -76,7 +77,8 @@ def make_trainer(dataset: str, width: float, engine: str, device: str, seed: int
     trainer._set_phase()
     trainer.engine.begin_epoch()
     trainer.model.train()
-    return trainer, x[:BATCH], y[:BATCH]
+    xb, yb = next(iter(trainer.engine.epoch_batches(BATCH)))    # the loop's first batch
+    return trainer, xb, yb
 
 
 def _sync(trainer) -> None:

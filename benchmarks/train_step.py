@@ -9,7 +9,7 @@ Prints JSON:
 * ``epoch_seconds``: one epoch over the 60,000 MNIST training images (469 steps, history
   records every 20 steps as in ``bbits-ref train``), measured in a child process, plus the
   test-set evaluation separately; ``peak_rss_mb``: that child's peak resident memory.
-  Needs the MNIST IDX files (``--mnist-dir``, default ``../shared/data/mnist``); without them
+  Needs the MNIST IDX files (``--mnist-dir``, default ``<data root>/mnist``, the folder ``bbits-ref train --dataset mnist`` reads: ``$BBITS_REF_DATA`` or ``~/.cache/bbits_ref``); without them
   the epoch figures are extrapolated from the step time and marked so.
 Targets: ≤ 120 ms per step, ≤ 1.5 GB peak memory.
 """
@@ -70,7 +70,9 @@ def main() -> None:
     malloc_tuned = keep_freed_memory()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--mnist-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    from bbits_ref.datasets import data_root
+    p.add_argument("--mnist-dir", default=str(data_root() / "mnist"),
+                   help="folder of the MNIST IDX files (default: the data root's mnist/)")
     p.add_argument("--no-epoch", action="store_true")
     p.add_argument("--one-epoch-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--keep-blas-env", action="store_true",

@@ -1,5 +1,5 @@
 """Tests for bbits_ref.training.checkpoints: .npz without pickle, atomic writes, clear errors on damaged
-files, and generator states that survive a round trip (spec §7.3 resume; STYLE: errors speak)."""
+files, and generator states that survive a round trip (docs/method.md §7.3 resume; STYLE: errors speak)."""
 import json
 import os
 import zipfile

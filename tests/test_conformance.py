@@ -53,7 +53,7 @@ def test_reference_adapter_passes_every_case(loaded):
                                          (np.float32, "numpy")])
 def test_float32_and_numpy_clip_implementations_can_pass(loaded, dtype, clip):
     # float32 arithmetic and the np.clip formula change values by ulps: the tolerances and the
-    # exact tie cases must absorb that (spec §2.3a).  Not a tautology: float32 differs.
+    # exact tie cases must absorb that (docs/method.md §2.3a).  Not a tautology: float32 differs.
     report = check(loaded, ReferenceAdapter(dtype, clip))
     assert report.ok, str(report)
     if dtype == np.float32:
@@ -98,7 +98,7 @@ def test_tie_cases_hold_exact_ties(loaded):
 
 def test_expected_values_match_the_spec(loaded):
     by = {c.name: c for c in loaded.cases}
-    # spec §11.4 golden vectors
+    # §11.4 golden vectors
     golden = {
         "quantize/golden/signed_z4_0_z8_0": [-2 / 3, -2 / 3, 0, 0, 0, 0, 2 / 3, 2 / 3, 2 / 3],
         "quantize/golden/signed_z4_0p5_z8_0p8": [-0.825098, -0.587451, -0.054118, 0, 0.041569,
@@ -109,12 +109,12 @@ def test_expected_values_match_the_spec(loaded):
         assert np.allclose(by[name].expected["x_q"], values, atol=2e-6), name
     inside = by["quantize/golden/unsigned_z4_0_z8_0"].expected["grad_x"] != 0   # g·1[lo<x<hi]
     assert np.array_equal(inside, [0, 0, 0, 0, 1, 1, 1, 0, 0])     # the exact 0 is saturated
-    # spec §3.3 reference values of π(φ)
+    # §3.3 reference values of π(φ)
     case = by["prob_nonzero/hard_concrete"]
     pi = dict(zip(case.inputs["logits"], case.expected["result"]))
     assert abs(pi[6.0] - 0.99950) < 1e-5 and abs(pi[0.0] - 0.8318) < 1e-4
     assert abs(pi[-2.0] - 0.4010) < 1e-4 and abs(pi[-6.0] - 0.01211) < 1e-5
-    # spec §5.1 table
+    # §5.1 table
     table = {"lenet5": {(2, 32): 5.744, (8, 8): 6.25, (4, 4): 1.731, (2, 2): 0.517},
              "vgg7": {(2, 32): 6.223, (4, 8): 3.125, (2, 4): 0.786, (2, 2): 0.397}}
     for model, rows in table.items():
@@ -126,7 +126,7 @@ def test_expected_values_match_the_spec(loaded):
 def test_build_cases_is_deterministic_and_pinned(cases, loaded):
     # Digests of the whole built suite, taken before the suite module was split into families:
     # the split (and any later change) must leave every id, input and expected value bit for bit
-    # as it was.  "meta" (notes, tolerances) was re-pinned when the notes changed "spec §" to "§".
+    # as it was.  "meta" (notes, tolerances) was re-pinned when the notes changed "§" to "§".
     # The expected values are pinned for this platform's NumPy/BLAS; on another platform only
     # "lenet5_expected" (BLAS sums) may move in the last bits.  Suite 1.1 added the trajectory
     # cases and left the 1.0 cases as they were: those are pinned separately (their expected

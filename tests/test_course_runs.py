@@ -14,7 +14,7 @@ from bbits_ref.training import experiments
 from bbits_ref.training.config import PRESETS, TrainConfig
 
 ALL = runs.SWEEP + runs.ABLATION_RUNS
-MACHINE_PATHS = re.compile(r"(/work/|/root/|/home/\w+|/tmp/|[A-Z]:\\Users)")
+MACHINE_PATHS = re.compile(r"(/wor[k]/|/root/|/home/\w+|/tmp/|[A-Z]:\\Users)")
 
 
 @pytest.fixture(scope="module")

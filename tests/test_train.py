@@ -1,4 +1,4 @@
-"""Tests for bbits_ref.training.trainer: the official recipe (spec §7.3) as the default, parameter groups,
+"""Tests for bbits_ref.training.trainer: the official recipe (docs/method.md §7.3) as the default, parameter groups,
 the history, bit-for-bit resume, seeds, divergence handling and fixed-gate fine-tuning.
 
 Every run is tiny (48 embedded MNIST images, batch 32: two steps per epoch, the second on a
@@ -124,7 +124,7 @@ def test_constant_schedule_and_separate_group_lrs(monkeypatch):
 # --------------------------------------------------------------------------- parameter groups
 
 def _official_group(name: str) -> str:
-    """The official code groups by name (spec §7.3): x_min/x_max → ranges, gamma_* → gates."""
+    """The official code groups by name (§7.3): x_min/x_max → ranges, gamma_* → gates."""
     if name.endswith(".beta"):
         return "ranges"
     if name.endswith((".gate_logits", ".prune_logits")):
@@ -145,7 +145,7 @@ def test_lenet_parameter_groups_match_the_official_code(reference):
     groups = {g["name"]: g["params"] for g in trainer.optimizer.param_groups}
     _check_groups_by_name(trainer.model, groups)
     assert [len(groups[k]) for k in ("weights", "gates", "ranges")] == [8, 10, 7]
-    assert sum(p.size for p in groups["gates"]) == 636              # spec §7.1
+    assert sum(p.size for p in groups["gates"]) == 636              # §7.1
     assert sum(p.size for p in groups["weights"]) == 582_026
 
 
@@ -180,7 +180,7 @@ def test_optimizer_is_built_after_the_lazy_ranges(monkeypatch):
     assert events == [("initialize", 2), ("adam", True)]   # 2 training images, then Adam
     ranges = trainer.optimizer.param_groups[2]["params"]
     assert [id(q.beta) for _, q in trainer.model.quantizers()] == [id(p) for p in ranges]
-    w = trainer.model.conv1.weight.data                     # β of a weight = max(w) (spec §2.1)
+    w = trainer.model.conv1.weight.data                     # β of a weight = max(w) (§2.1)
     assert trainer.model.conv1.weight_quantizer.beta.data == w.max()
     fresh = build_model(tiny(), rng=0)
     with pytest.raises(RuntimeError, match="initialize.*before building optimizers"):

@@ -18,7 +18,7 @@ from bbits_ref.training.trainer import history_record
 
 PNG = b"\x89PNG"
 HC = gates.HardConcrete()
-# spec §11.4 golden vector (β = 1, signed)
+# docs/method.md §11.4 golden vector (β = 1, signed)
 GOLDEN_X = np.array([-1.3, -0.5, -0.1, 0, 0.07, 0.26, 0.49, 1.2, 2.0])
 GOLDEN_SIGNED_HALF = [-0.825098, -0.587451, -0.054118, 0, 0.041569, 0.130196, 0.581176,
                       0.825098, 0.825098]          # gates (z4, z8) = (0.5, 0.8)
@@ -95,7 +95,7 @@ def test_quantizer_explorer_levels_steps_and_errors(bits, signed):
     q.controls["signed"].value = signed
     q.controls["bits"].value = bits
     s = q.state
-    # spec §2.4 table: signed grids are restricted (2^b − 1 levels), unsigned have 2^b
+    # §2.4 table: signed grids are restricted (2^b − 1 levels), unsigned have 2^b
     assert s["levels"] == (2 ** bits - 1 if signed else 2 ** bits)
     steps = quantizer.step_sizes(np.float64(0.8), signed)
     assert s["step_size"] == steps[quantizer.BIT_WIDTHS.index(bits)]
@@ -174,7 +174,7 @@ def test_gate_explorer_closed_forms_and_samples_match_the_library():
     for phi, pi_spec in ((6.0, 0.99950), (0.0, 0.8318), (-2.0, 0.4010), (-6.0, 0.01211)):
         g.controls["logit"].value = phi
         s = g.state
-        assert s["prob_nonzero"] == pytest.approx(pi_spec, abs=6e-5)        # spec §3.3
+        assert s["prob_nonzero"] == pytest.approx(pi_spec, abs=6e-5)        # §3.3
         assert s["prob_nonzero"] == HC.prob_nonzero(np.float64(phi)).item()
         assert s["prob_one"] == HC.prob_one(np.float64(phi)).item()
         u = gates.uniform_noise(np.random.default_rng(3), (4000,))
@@ -189,12 +189,12 @@ def test_gate_explorer_closed_forms_and_samples_match_the_library():
 
 def test_gate_explorer_threshold_deterministic_gate_and_hard_cut():
     g = W.GateExplorer(plot=False)
-    assert g.state["threshold_logit"] == pytest.approx(-0.935303, abs=1e-6)     # spec §3.4
+    assert g.state["threshold_logit"] == pytest.approx(-0.935303, abs=1e-6)     # §3.4
     g.controls["logit"].value = -0.9
     assert g.state["deterministic"] == 1.0 and not g.state["hard_cut"]
     g.controls["logit"].value = -1.0
     assert g.state["deterministic"] == 0.0 and not g.state["hard_cut"]
-    g.controls["logit"].value = -2.0                                              # spec §3.5
+    g.controls["logit"].value = -2.0                                              # §3.5
     assert g.state["hard_cut"]
     g.controls["threshold"].value = 0.5
     ref = gates.HardConcrete(threshold=0.5)
@@ -295,7 +295,7 @@ def test_prior_explorer_values_match_the_library():
                                                 rel=1e-12)
     assert s["independent"] == pytest.approx(penalty(prior.independent_regularizer, phi, 0.2, 0.5),
                                              rel=1e-12)
-    # μ·R_t is the KL without entropy terms, Σ λ_b Π_{k≤b} π_k (spec §4.2-4.3)
+    # μ·R_t is the KL without entropy terms, Σ λ_b Π_{k≤b} π_k (§4.2-4.3)
     assert s["autoregressive"] == pytest.approx(
         prior.autoregressive_kl(probs, lambdas, exact=False).item(), rel=1e-12)
     assert s["kl_exact"] == prior.autoregressive_kl(probs, lambdas, exact=True).item()
@@ -362,7 +362,7 @@ def lenet_bops(w_bits, a_bits, keep):
 def test_bops_explorer_default_is_8_bit_and_uniform_baselines_match_spec():
     b = W.BopsExplorer(plot=False)
     assert b.state["relative_bops"] == pytest.approx(6.25, abs=1e-12)
-    assert b.state["uniform_relative_bops"] == pytest.approx(1.731, abs=5e-4)     # spec §5.1 4/4
+    assert b.state["uniform_relative_bops"] == pytest.approx(1.731, abs=5e-4)     # §5.1 4/4
     b.controls["uniform_w"].value = 2
     b.controls["uniform_a"].value = 2
     assert b.state["uniform_relative_bops"] == pytest.approx(0.517, abs=5e-4)     # 2/2
@@ -377,7 +377,7 @@ def test_bops_explorer_per_layer_edits_match_direct_computation():
     expected = lenet_bops([8, 2, 8, 8], [8, 4, 8], [1.0, 0.5, 1.0, 1.0])
     assert b.state["relative_bops"] == pytest.approx(expected, rel=1e-12)
     layers = {layer.name: layer for layer in b.state["layers"]}
-    assert layers["conv2"].keep_out == 0.5 and layers["fc1"].keep_in == 0.5   # spec §5 keep_in
+    assert layers["conv2"].keep_out == 0.5 and layers["fc1"].keep_in == 0.5   # §5 keep_in
     assert layers["fc1"].a_bits == 4
     assert b.state["table"] == bops.format_bops_table(
         bops.sequential_layer_costs(LENET, [8, 2, 8, 8], [8, 4, 8], [1.0, 0.5, 1.0, 1.0]))
@@ -414,7 +414,7 @@ def test_bops_explorer_vgg7_and_width():
     assert b.state["relative_bops"] == pytest.approx(6.25, abs=1e-12)    # reset: all 8/8
     b.controls["uniform_w"].value = 2
     b.controls["uniform_a"].value = 2
-    assert b.state["uniform_relative_bops"] == pytest.approx(0.397, abs=5e-4)   # spec §5.1
+    assert b.state["uniform_relative_bops"] == pytest.approx(0.397, abs=5e-4)   # §5.1
     b.controls["width"].value = 0.5
     assert [layer.macs for layer in b.state["layers"]] == [m for _, m in bops.vgg7_layer_macs(0.5)]
 

@@ -280,7 +280,7 @@ class OfficialAdapter:
 
     def regularizer(self, prune_logits, chain_logits, mac_weight, *, prior: str,
                     reg_type: str) -> dict:
-        """Spec §4.3 on the official hc_prob_pos: c(b) = w_t·b ("bop") or 1 ("const")."""
+        """docs/method.md §4.3 on the official hc_prob_pos: c(b) = w_t·b ("bop") or 1 ("const")."""
         if prior not in ("autoregressive", "independent"):
             raise ValueError(f"prior must be 'autoregressive' or 'independent'; got {prior!r}")
         if reg_type not in ("bop", "const"):

@@ -217,7 +217,7 @@ class AutogradExplorer(Explorer):
 # =========================================================================== 02: quantizer
 
 class QuantizerExplorer(Explorer):
-    """Notebook 02: the Bayesian Bits quantizer of spec §2 on a sweep of inputs x.
+    """Notebook 02: the Bayesian Bits quantizer of docs/method.md §2 on a sweep of inputs x.
 
     Controls: ``beta`` (β, the range), ``bits`` (2/4/8/16 through 0/1 gates,
     :func:`~bbits_ref.method.quantizer.gates_for_bits`), ``gates`` ("bits" or "fractional"),
@@ -231,14 +231,14 @@ class QuantizerExplorer(Explorer):
     max_abs_error, mse, max_diff_direct`` (max |x_q − quantize_direct| in bits mode, else None).
     """
 
-    BITS = (2, 4, 8, 16)     # 32 bits is float rounding noise (spec §2.4): left out here
+    BITS = (2, 4, 8, 16)     # 32 bits is float rounding noise (§2.4): left out here
     BETA_RANGE = (0.05, 4.0)
 
     def __init__(self, beta: float = 1.0, bits: int = 2, signed: bool = True,
                  gates_mode: str = "bits", z4: float = 0.5, z8: float = 0.5,
                  n_dense: int = 1 << 18, plot: bool = True) -> None:
         beta = _check_in_range("beta", beta, *self.BETA_RANGE,
-                               "beta is the clipping range β > 0 of spec §2.1")
+                               "beta is the clipping range β > 0 of §2.1")
         quantizer.check_bits(bits)
         if bits not in self.BITS:
             raise ValueError(f"bits must be one of {self.BITS} here (32 bits is float rounding "
@@ -270,7 +270,7 @@ class QuantizerExplorer(Explorer):
                                       continuous_update=False),
         }
         super().__init__(controls, plot=plot,
-                         title="Bayesian Bits quantizer: x → x_q (spec §2)")
+                         title="Bayesian Bits quantizer: x → x_q (§2)")
         self._sync_controls()
         self.update()
 
@@ -358,7 +358,7 @@ class QuantizerExplorer(Explorer):
 # =========================================================================== 03: gates
 
 class GateExplorer(Explorer):
-    """Notebook 03: one gate z(φ), hard concrete (spec §3.2–3.5) or Gumbel-softmax (§3.7).
+    """Notebook 03: one gate z(φ), hard concrete (§3.2–3.5) or Gumbel-softmax (§3.7).
 
     Controls: ``kind``, ``logit`` (φ), ``temperature``, ``gamma`` and ``zeta`` (the stretch,
     hard concrete only), ``threshold`` (test-time threshold t on P(z = 0), hard concrete only),
@@ -409,7 +409,7 @@ class GateExplorer(Explorer):
             "seed": widgets.IntSlider(value=seed, min=0, max=99, description="seed",
                                       continuous_update=False),
         }
-        super().__init__(controls, plot=plot, title="A stochastic gate z(φ) (spec §3)")
+        super().__init__(controls, plot=plot, title="A stochastic gate z(φ) (§3)")
         self._sync_controls()
         self.update()
 
@@ -441,7 +441,7 @@ class GateExplorer(Explorer):
         gate, phi = self.gate(), np.float64(self.controls["logit"].value)
         z = self._samples = self.samples()          # _draw plots these same samples
         hard = isinstance(gate, gates.HardConcrete)
-        # the official visit of the chain (spec §3.5): a first gate that comes back as None is cut
+        # the official visit of the chain (§3.5): a first gate that comes back as None is cut
         chain = gates.chain_gates(gate, np.array([phi, 6.0, 6.0, 6.0]), None, training=False)
         cut = chain[0] is None
         return {
@@ -503,7 +503,7 @@ class GateExplorer(Explorer):
 # =========================================================================== 04: prior
 
 class PriorExplorer(Explorer):
-    """Notebook 04: the gate prior of one weight quantizer with pruning (spec §4).
+    """Notebook 04: the gate prior of one weight quantizer with pruning (§4).
 
     Controls: ``mu`` (μ), ``mac_weight`` (w_t = MAC_t / MAC_max), ``phi2``, ``phi4``, ``phi8``
     (φ16, φ32 are fixed at construction, −6 as on MNIST).  Probabilities π_b come from
@@ -514,7 +514,7 @@ class PriorExplorer(Explorer):
     state: ``mu, mac_weight, logits {b: φ_b}, prob_nonzero {b: π_b}, lambdas {b: λ_b}``
     (:func:`~bbits_ref.method.prior.prior_strengths`), ``autoregressive, independent`` (μ·R_t),
     ``grad_autoregressive, grad_independent`` ({b: ∂(μ·R_t)/∂φ_b}), ``kl_exact`` (the exact
-    autoregressive KL of spec §4.2).
+    autoregressive KL of §4.2).
     """
 
     BITS = prior.PRUNED_BITS     # (2, 4, 8, 16, 32)
@@ -539,7 +539,7 @@ class PriorExplorer(Explorer):
             "phi4": widgets.FloatSlider(value=logits[1], description="φ4", **logit),
             "phi8": widgets.FloatSlider(value=logits[2], description="φ8", **logit),
         }
-        super().__init__(controls, plot=plot, title="The gate prior of one weight tensor (spec §4)")
+        super().__init__(controls, plot=plot, title="The gate prior of one weight tensor (§4)")
         self.update()
 
     def logits(self) -> np.ndarray:
@@ -598,7 +598,7 @@ class PriorExplorer(Explorer):
 # =========================================================================== 05: BOPs
 
 class BopsExplorer(Explorer):
-    """Notebook 05: relative BOPs of LeNet-5 or VGG-7 for a per-layer configuration (spec §5).
+    """Notebook 05: relative BOPs of LeNet-5 or VGG-7 for a per-layer configuration (§5).
 
     Controls: ``model`` ("lenet5"/"vgg7"), ``width`` (VGG-7 only), ``layer`` (which layer the
     next three sliders edit), ``w_bits`` (its weight bits), ``a_bits`` (the bits of its output
@@ -622,7 +622,7 @@ class BopsExplorer(Explorer):
         width = _check_in_range("width", width, 0.125, 1.0, "VGG-7's width multiplier")
         for bits in (w_bits, a_bits):
             quantizer.check_bits(bits)
-        uniform_bits = (1,) + bops.BIT_WIDTHS        # 1 bit: the binary rows of spec §5.1
+        uniform_bits = (1,) + bops.BIT_WIDTHS        # 1 bit: the binary rows of §5.1
         for name, bits in (("uniform_w", uniform_w), ("uniform_a", uniform_a)):
             if bits not in uniform_bits:
                 raise ValueError(f"{name} must be one of {uniform_bits}; got {bits!r}")
@@ -646,7 +646,7 @@ class BopsExplorer(Explorer):
             "uniform_a": widgets.SelectionSlider(options=list(uniform_bits), value=uniform_a,
                                                  description="uniform a"),
         }
-        super().__init__(controls, plot=plot, title="BOPs per layer (spec §5)")
+        super().__init__(controls, plot=plot, title="BOPs per layer (§5)")
         self._reset_model()
         self.update()
 

@@ -131,7 +131,7 @@ class _Plan:
         np_type = _NUMPY_DTYPES[x.dtype]
         beta_t = _scalar_beta(beta, x.dtype)                # β rounded to x's dtype
         lo, hi = clip_range(beta_t, signed)
-        self.lo, self.clip = float(lo), clip
+        self.lo, self.hl, self.clip = float(lo), float(hi - lo), clip
         steps = step_sizes(beta_t, signed)
         self.gates = [None if z is None else _tensor_scalar(z, np_type) for z in gates]
         self.depth = 0                                      # residuals computed: stop at a 0 gate
@@ -175,14 +175,14 @@ class _Plan:
             if self.lo != 0:
                 x = torch.sub(x, self.c_lo, out=x_c)
             # (unsigned: x − 0 is x exactly, one step fewer)
-            if masks:
-                torch.gt(x, zero, out=inside)           # relu(x − lo) is active
-            torch.clamp_min(x, zero, out=x_c)
-            torch.sub(self.c_hl, x_c, out=x_c)          # (hi − lo) − relu(x − lo)
-            if masks:
-                inside.mul_(torch.gt(x_c, zero, out=mask))  # and the outer relu: below hi
-            x_c.relu_()
-            torch.sub(self.c_hi, x_c, out=x_c)
+            # a = min(relu(x − lo), hi − lo), then b = (hi − lo) − a is exactly
+            # relu((hi − lo) − relu(x − lo)): the subtraction is negative exactly when
+            # relu(x − lo) > hi − lo, and there the cap makes it +0, as the relu does.
+            torch.clamp(x, 0.0, self.hl, out=x_c)      # Python bounds: the faster kernel
+            b = torch.sub(self.c_hl, x_c, out=mask if masks else x_c)
+            if masks:                                   # both relus active: 0 < a and 0 < b
+                torch.minimum(x_c, b, out=inside).gt_(zero)
+            torch.sub(self.c_hi, b, out=x_c)
         else:
             torch.clamp(x, self.c_lo, self.c_hi, out=x_c)
             if masks:

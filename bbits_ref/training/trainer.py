@@ -39,7 +39,7 @@ from bbits_ref.training import runs
 from bbits_ref.training.engines import ENGINES, make_engine
 from bbits_ref.training.checkpoints import (CheckpointError, load_checkpoint, restore_rng,
                                             rng_state, save_checkpoint)
-from bbits_ref.datasets import Dataset, augment_cifar, batches, load_dataset
+from bbits_ref.datasets import Dataset, augment_cifar, load_dataset
 from bbits_ref.autograd.engine import no_grad
 from bbits_ref.method.models import BBNet, lenet5, vgg7
 from bbits_ref.autograd.optim import Adam, linear_decay_last_third
@@ -193,12 +193,10 @@ class Trainer:
         correct = seen = 0
         ce_sum = 0.0
         augment = augment_cifar if self._augment() else None
-        # one shuffled pass; the permutation is drawn here, before any augmentation noise
-        epoch_batches = batches(self.x_train, self.y_train, c.batch_size, self.data_rng)
+        # one shuffled pass (the permutation drawn before any augmentation noise), normalised
+        # batches made by the engine: NumPy arrays, or device tensors (engines.host_batches)
+        epoch_batches = self.engine.epoch_batches(c.batch_size, augment)
         for b, (xb, yb) in enumerate(epoch_batches):
-            if augment is not None:
-                xb = augment(xb, self.data_rng)       # on raw uint8 pixels, as torchvision
-            xb = self._normalize(xb)
             # numbers (numpy engine) or device tensors (torch engine: read only when logged)
             ce, reg, loss, hits = self.engine.train_step(xb, yb, mu)
             self.step += 1

@@ -5,7 +5,7 @@ forward is written differently from the engine's (conv2d as a sum over kernel of
 slices instead of im2col, pools by stacking the window taps, log-softmax via logsumexp, matmul as a
 broadcast product and sum) and autograd derives the gradient, so a shared mistake is unlikely.
 Every function takes autograd.numpy arrays in the primitive's argument order and the same static
-keywords.  Conventions that the math alone does not fix are taken from the spec/PyTorch:
+keywords.  Conventions that the math alone does not fix are taken from docs/method.md and PyTorch:
 ``maximum`` sends ties to ``y`` (relu'(0) = 0), ``clip`` has zero gradient on the bounds,
 ``round_ste`` is round-half-to-even with the identity gradient.
 """

@@ -1,6 +1,6 @@
 """HIPS-autograd oracle for the Bayesian Bits quantizer primitive ``bb_quantize`` (docs/method.md §2.2–2.6).
 
-Written from the spec's formulas with ``autograd.numpy``, independently of bbits_ref: the
+Written from the formulas of docs/method.md with ``autograd.numpy``, independently of bbits_ref: the
 official two-ReLU clip (relu'(0) = 0), chained step sizes, residuals formed left to right,
 round-half-to-even with an identity (straight-through) gradient, and the official convention
 that a gate exactly 0 skips its residual and every higher one.  Autograd then differentiates the
