@@ -24,6 +24,7 @@ epochs of 50,000 images).  On a machine with a CUDA GPU the torch engine is time
 from __future__ import annotations
 
 import argparse
+import subprocess
 import json
 import math
 import os
@@ -107,23 +108,50 @@ def eval_seconds(trainer) -> float:
     return time.perf_counter() - t
 
 
+def _child(spec: dict) -> dict:
+    """One engine in a process of its own: ``warmup`` steps, then ``block`` timed steps (and the
+    evaluation time if asked).  See :func:`side_by_side`."""
+    trainer, xb, yb = make_trainer(spec["dataset"], spec["width"], spec["engine"], spec["device"],
+                                   spec["seed"])
+    timed_steps(trainer, xb, yb, spec["warmup"])
+    out = {"times": timed_steps(trainer, xb, yb, spec["block"])}
+    if spec.get("eval"):
+        out["eval"] = eval_seconds(trainer)
+    return out
+
+
+def _run_child(spec: dict, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--threads", str(threads), "--child", json.dumps(spec)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def side_by_side(dataset: str, width: float, engines: list, repeats: int, block: int,
-                 warmup: int, seed: int) -> dict:
-    """Interleaved step timings of ``engines`` [(name, device)] on one workload."""
+                 warmup: int, seed: int, threads: int) -> dict:
+    """Step timings of ``engines`` [(name, device)] on one workload, interleaved round by round.
+
+    Each round runs every engine in a fresh process of its own, one after the other: in one
+    process, the idle BLAS threads of one engine would spin on the cores the other one needs
+    (measured: that alone made the torch engine look 2× slower than NumPy at 2 threads).
+    """
     import numpy as np
-    built = {f"{e}-{d}": make_trainer(dataset, width, e, d, seed) for e, d in engines}
-    times = {k: [] for k in built}
-    for key, (trainer, xb, yb) in built.items():
-        timed_steps(trainer, xb, yb, warmup)
-    for _ in range(repeats):
-        for key, (trainer, xb, yb) in built.items():
-            times[key] += timed_steps(trainer, xb, yb, block)
+    keys = {f"{e}-{d}": (e, d) for e, d in engines}
+    times = {k: [] for k in keys}
+    evals = {}
+    for r in range(repeats):
+        for key, (engine, device) in keys.items():
+            spec = dict(dataset=dataset, width=width, engine=engine, device=device, seed=seed,
+                        warmup=warmup, block=block, eval=r == repeats - 1)
+            got = _run_child(spec, threads)
+            times[key] += got["times"]
+            if "eval" in got:
+                evals[key] = got["eval"]
     n_train, n_test, epochs = DATASETS[dataset]
     steps = math.ceil(n_train / BATCH)
     out = {}
-    for key, (trainer, _, _) in built.items():
+    for key in keys:
         step_s = float(np.median(times[key]))
-        ev = eval_seconds(trainer) * n_test / 1000
+        ev = evals[key] * n_test / 1000
         epoch_s = steps * step_s + ev
         out[key] = {"step_ms": round(1000 * step_s, 2),
                     "step_ms_min": round(1000 * min(times[key]), 2),
@@ -135,9 +163,8 @@ def side_by_side(dataset: str, width: float, engines: list, repeats: int, block:
 
 def main() -> None:
     removed = clean_blas_env(sys.argv)
-    # Idle OpenMP workers of torch spin by default and, on a machine shared with other work,
-    # take the cores the other engine needs: let them sleep (set before torch is imported).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Each engine runs in a process of its own (side_by_side), so torch's OpenMP workers keep
+    # their default spin-waiting: OMP_WAIT_POLICY=PASSIVE made a 2-thread torch step 5× slower.
     from bbits_ref._runtime import keep_freed_memory
     malloc_tuned = keep_freed_memory()
     p = argparse.ArgumentParser(description=__doc__,
@@ -154,6 +181,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-blas-env", action="store_true",
                    help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE if set (slow on some CPUs)")
+    p.add_argument("--child", help=argparse.SUPPRESS)       # internal: one engine, one process
     args = p.parse_args()
     try:
         import torch
@@ -162,6 +190,9 @@ def main() -> None:
     threads = args.threads or blas_threads()
     limiter = limit_threads(threads)
     torch.set_num_threads(threads)
+    if args.child:
+        print(json.dumps(_child(json.loads(args.child))))
+        return
     gpu = torch.cuda.is_available() and not args.no_gpu
     load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
@@ -170,21 +201,23 @@ def main() -> None:
                          "repeats": args.repeats, "block": args.block,
                          "vgg_repeats": args.vgg_repeats, "seed": args.seed}}
     cpu = [("numpy", "cpu"), ("torch", "cpu")]
-    lenet = side_by_side("mnist", 1.0, cpu, args.repeats, args.block, args.warmup, args.seed)
+    lenet = side_by_side("mnist", 1.0, cpu, args.repeats, args.block, args.warmup, args.seed,
+                         threads)
     lenet["torch_over_numpy"] = round(lenet["torch-cpu"]["step_ms"]
                                       / lenet["numpy-cpu"]["step_ms"], 3)
     result["lenet5"] = lenet
     if gpu:
         result["lenet5"]["gpu"] = side_by_side("mnist", 1.0, [("torch", "cuda")], args.repeats,
-                                               args.block, args.warmup, args.seed)["torch-cuda"]
+                                               args.block, args.warmup, args.seed,
+                                               threads)["torch-cuda"]
     if not args.no_vgg:
         for width in [float(w) for w in args.widths.split(",") if w.strip()]:
-            vgg = side_by_side("cifar10", width, cpu, args.vgg_repeats, 1, 1, args.seed)
+            vgg = side_by_side("cifar10", width, cpu, args.vgg_repeats, 1, 1, args.seed, threads)
             vgg["torch_over_numpy"] = round(vgg["torch-cpu"]["step_ms"]
                                             / vgg["numpy-cpu"]["step_ms"], 3)
             if gpu:
                 vgg["gpu"] = side_by_side("cifar10", width, [("torch", "cuda")], 10, 1, 3,
-                                          args.seed)["torch-cuda"]
+                                          args.seed, threads)["torch-cuda"]
             result[f"vgg7_width_{width:g}"] = vgg
     result["environment"] = {
         "threads": {"numpy_blas": threads if limiter is not None else "unlimited "
