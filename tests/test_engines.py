@@ -355,3 +355,13 @@ def test_noise_goes_to_the_device_in_one_copy_with_the_same_values():
         assert parts.keys() == packed[q].keys()
         for k, u in parts.items():
             assert packed[q][k].dtype == torch.float64 and np.array_equal(packed[q][k].numpy(), u)
+
+
+def test_the_no_ste_ablation_is_refused_by_the_torch_engine_in_one_line(tmp_path):
+    from bbits_ref._errors import UsageError
+    from bbits_ref.training.config import TrainConfig
+    from bbits_ref.training.trainer import Trainer
+
+    config = TrainConfig(train_limit=64, test_limit=32, epochs=1, batch_size=32).replace(ste=False)
+    with pytest.raises(UsageError, match="numpy engine only"):
+        Trainer(config, out_dir=tmp_path / "run", progress=False, verbose=False, engine="torch")

@@ -270,3 +270,9 @@ def test_experiments_import_no_higher_layer():
             "bad = sorted(m for m in sys.modules if m.startswith(('bbits_ref.plotting', "
             "'bbits_ref.cli', 'bbits_ref.course', 'matplotlib'))); print(bad); assert not bad")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_the_no_ste_break_it_recipe():
+    assert ex.ablation_changes("no-ste") == {"ste": False}
+    assert ex.baseline_changes("no-ste") == {"ste": False}
+    assert ex.baseline_config(BASE, "no-ste").method.ste is False

@@ -338,3 +338,25 @@ def test_folded_bn_gradients_reach_weights_bn_and_range():
     (out * out).sum().backward()
     for p in (layer.weight, layer.bn.weight, layer.bn.bias, q.beta, q.prune_logits):
         assert p.grad is not None and np.any(p.grad != 0)
+
+
+def test_without_the_straight_through_estimator_no_gradient_reaches_the_quantized_tensor():
+    """ste=False (a "break it" ablation): the rounding's true derivative, 0 almost everywhere,
+    so no weight gets a gradient through its quantizer; the ranges β still get theirs."""
+    from bbits_ref.method.models import lenet5
+
+    x = np.random.default_rng(0).random((4, 1, 28, 28)).astype(np.float32)
+    grads = {}
+    for ste in (True, False):
+        model = lenet5(BBConfig(ste=ste), rng=1)
+        model.initialize(x[:2], np.random.default_rng(2))
+        out = model(Tensor(x), rng=np.random.default_rng(3))
+        (out * out).sum().backward()
+        grads[ste] = {name: p.grad for name, p in model.named_parameters()}
+    weights = [n for n in grads[True] if n.endswith(".weight")]
+    assert weights and all(np.abs(grads[True][n]).sum() > 0 for n in weights)
+    assert all(grads[False][n] is None or not np.any(grads[False][n]) for n in weights)
+    betas = [n for n in grads[False] if n.endswith(".beta")]
+    assert betas and any(grads[False][n] is not None and np.any(grads[False][n]) for n in betas)
+    with pytest.raises(ValueError, match="ste must be true or false"):
+        BBConfig(ste="no")

@@ -39,7 +39,7 @@ COURSE_RUNS = "course-runs"
 SWEEP = ("mu0.01", "mu0.03", "mu0.1", "mu0.3", "mu1")
 #: Ablations and baselines (names of experiments.baseline_changes), trained like mu0.1.
 ABLATION_RUNS = ("quant-only", "prune-only-w8a8", "w8a8", "w4a4", "w2a2", "no-hard-cut",
-                 "independent-prior")
+                 "independent-prior", "no-ste")
 _FILES = ("config.json", "history.json", "summary.json")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 

@@ -71,6 +71,10 @@ class BBConfig:
         this is the *uniform fixed-bit* baseline.
     prior : "autoregressive" (official) or "independent" (ablation, §4).
     reg_type : "bop" (README runs) or "const" (every gate costs 1).
+    ste : True (the method): the rounding passes the incoming gradient straight through to the
+        quantized tensor (§2.6).  False is a "break it" ablation: the quantized tensor gets the
+        rounding's true derivative, zero almost everywhere, so no gradient reaches the weights
+        (or earlier layers) through a quantizer; the ranges and gates keep their gradients.
     """
 
     # ``metadata`` describes the command-line flag (bbits_ref/cli/options.py derives it from here).
@@ -94,6 +98,10 @@ class BBConfig:
     reg_type: str = field(default="bop", metadata={
         "help": "bop: gates cost their BOPs; const: every gate costs 1",
         "choices": REG_TYPES})
+    ste: bool = field(default=True, metadata={
+        "help": "the straight-through estimator: the rounding passes the gradient on to the "
+                "quantized tensor (switched off, no gradient reaches the weights through their "
+                "quantizers: a 'break it' ablation)"})
 
     def __post_init__(self) -> None:
         if isinstance(self.chain_init, str):
@@ -106,7 +114,7 @@ class BBConfig:
                              f"{self.chain_init!r}")
         if not _is_finite_number(self.prune_init):
             raise UsageError(f"prune_init must be a finite number; got {self.prune_init!r}")
-        for name in ("hard_cut", "pruning", "learn_bits", "quantize"):
+        for name in ("hard_cut", "pruning", "learn_bits", "quantize", "ste"):
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"{name} must be true or false; got {getattr(self, name)!r}")
         for name, value, choices in (("gate", self.gate, gates_mod.GATE_KINDS),
@@ -267,6 +275,8 @@ class BBQuantizer(Module):
         if self.beta is None:
             self.initialize_range(x.data)
         z = self.gate_values()
+        if not self.config.ste:             # "break it": round's true derivative, 0 almost everywhere
+            x = Tensor(x.data)
         return bb_quantize(x, self.beta, *z, signed=self.signed, clip=self.config.clip)
 
     # -- prior

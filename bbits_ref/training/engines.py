@@ -229,6 +229,9 @@ class TorchEngine:
         """Build the torch network of ``trainer.config`` and take the trainer's state."""
         from bbits_ref.torch_impl.models import BBNet
         torch = self.torch
+        if not trainer.config.method.ste:
+            raise UsageError("the 'no straight-through estimator' ablation (ste=False, --no-ste) "
+                             "is implemented by the numpy engine only: use --engine numpy")
         self.trainer = trainer
         ref = trainer.model
         self.dtype = {"float32": torch.float32, "float64": torch.float64}[trainer.config.dtype]

@@ -40,11 +40,12 @@ ABLATIONS = {
     "full-precision": "no quantizers at all, μ = 0",
     "independent-prior": "independent gate priors instead of the autoregressive one (§4)",
     "no-hard-cut": "without the official φ ≤ −2 hard cut of z4…z32 (§3.5)",
+    "no-ste": "without the straight-through estimator: no gradient reaches the quantized weights (§2.6)",
 }
 _NEEDS_BITS = ("prune-only", "fixed-bits")
 
 BASELINE_HELP = ("wXaY (uniform fixed bits, e.g. w4a4), quant-only, prune-only-wXaY, fp32, "
-                 "independent-prior or no-hard-cut")
+                 "independent-prior, no-hard-cut or no-ste")
 
 # Where the data comes from, not what is trained: a member is the same run with either value.
 _IGNORED_SETTINGS = ("data_dir", "download")
@@ -75,7 +76,8 @@ def ablation_changes(kind: str, bits=None) -> dict:
         return {"quant-only": {"pruning": False},
                 "full-precision": {"quantize": False, "mu": 0.0},
                 "independent-prior": {"prior": "independent"},
-                "no-hard-cut": {"hard_cut": False}}[kind]
+                "no-hard-cut": {"hard_cut": False},
+                "no-ste": {"ste": False}}[kind]
     if bits is None:
         raise UsageError(f"the {kind} ablation needs W/A bit widths, e.g. 8/8")
     w, a = bits_pair(bits, kind) if isinstance(bits, str) else bits
@@ -87,7 +89,8 @@ def ablation_changes(kind: str, bits=None) -> dict:
 def baseline_changes(spec: str) -> dict:
     """The settings of a baseline named on the command line (see :data:`BASELINE_HELP`)."""
     simple = {"quant-only": "quant-only", "fp32": "full-precision",
-              "independent-prior": "independent-prior", "no-hard-cut": "no-hard-cut"}
+              "independent-prior": "independent-prior", "no-hard-cut": "no-hard-cut",
+              "no-ste": "no-ste"}
     if spec in simple:
         return ablation_changes(simple[spec])
     m = re.fullmatch(r"(prune-only-)?w(\d+)a(\d+)", str(spec))
