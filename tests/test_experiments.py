@@ -23,15 +23,16 @@ BASE = TrainConfig(epochs=1, train_limit=256, test_limit=128, batch_size=64, mu=
                             "act_bits": 8, "mu": 0.0}),
     ("independent-prior", None, {"prior": "independent"}),
     ("no-hard-cut", None, {"hard_cut": False}),
+    ("no-ste", None, {"ste": False}),
 ])
 def test_ablation_changes(kind, bits, changes):
     assert ex.ablation_changes(kind, bits) == changes
     assert set(ex.ABLATIONS) == {"quant-only", "prune-only", "fixed-bits", "full-precision",
-                                 "independent-prior", "no-hard-cut"}
+                                 "independent-prior", "no-hard-cut", "no-ste"}
 
 
 @pytest.mark.parametrize("kind, bits, message", [
-    ("no-ste", None, "unknown ablation 'no-ste'; choose one of quant-only"),
+    ("no-stochastic-gates", None, "unknown ablation 'no-stochastic-gates'; choose one of quant-only"),
     ("prune-only", None, "the prune-only ablation needs W/A bit widths"),
     ("quant-only", (8, 8), "the quant-only ablation takes no bit widths"),
     ("fixed-bits", "8", "fixed-bits takes W/A bit widths such as 8/8; got '8'"),
@@ -272,7 +273,7 @@ def test_experiments_import_no_higher_layer():
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
+
 def test_the_no_ste_break_it_recipe():
-    assert ex.ablation_changes("no-ste") == {"ste": False}
     assert ex.baseline_changes("no-ste") == {"ste": False}
     assert ex.baseline_config(BASE, "no-ste").method.ste is False
