@@ -42,7 +42,7 @@ from bbits_ref._files import atomic_write_bytes
 from bbits_ref.method.bops import LayerCost, relative_bops, uniform_relative_bops
 from bbits_ref.method.gates import Gate, make_gate
 from bbits_ref.method.readout import BIT_CHOICES
-from bbits_ref.training.experiments import pareto_front
+from bbits_ref.training.experiments import pareto_front, point_arrays
 
 __all__ = ["GATE_BITS", "PAPER_RESULTS", "plot_gate_probabilities", "plot_bit_widths",
            "plot_bops_accuracy", "plot_kept_channels", "plot_training_curves", "plot_layer_bops",
@@ -869,18 +869,7 @@ def plot_bit_distribution(bit_probs, ax=None, label=None, color=None):
 # ----------------------------------------------------------------------------- sweep figures
 def _point_arrays(points, what):
     """(relative_bops, test_accuracy) float arrays of sweep points, checked."""
-    for i, p in enumerate(points):
-        if not isinstance(p, dict) or any(k not in p for k in ("relative_bops", "test_accuracy")):
-            got = sorted(p) if isinstance(p, dict) else type(p).__name__
-            raise ValueError(f"{what}[{i}] must be a dict with 'relative_bops' and "
-                             f"'test_accuracy' (and 'label' or 'mu'); got {got}")
-    bops = np.asarray([p["relative_bops"] for p in points], dtype=np.float64)
-    acc = np.asarray([p["test_accuracy"] for p in points], dtype=np.float64)
-    bad = np.flatnonzero(~(np.isfinite(bops) & np.isfinite(acc)))
-    if bad.size:
-        raise ValueError(f"{what}{bad.tolist()} have non-finite relative_bops or test_accuracy; "
-                         "drop diverged runs before plotting")
-    return bops, acc
+    return point_arrays(points, what)
 
 
 def _point_label(p) -> str | None:

@@ -58,3 +58,22 @@ def median_ms(fn, repeats: int, warmup: int = 3) -> float:
 def machine() -> dict:
     return {"python": platform.python_version(), "numpy": np.__version__,
             "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
+
+
+def blas_threads() -> int:
+    """NumPy's BLAS thread count (threadpoolctl; 2 when it is not installed)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return 2
+    pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    return int(pools[0]["num_threads"]) if pools else 2
+
+
+def limit_threads(threads: int):
+    """Limit NumPy's BLAS to ``threads`` (returns the threadpoolctl context, or None)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=threads, user_api="blas")

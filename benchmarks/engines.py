@@ -36,28 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import blas_info, clean_blas_env, machine  # noqa: E402
+from _common import blas_info, blas_threads, clean_blas_env, limit_threads, machine  # noqa: E402
 
 BATCH, MU, EVAL_BATCH = 128, 0.1, 250
 #: (training images, test images, paper epochs) of each dataset (docs/method.md §7.3).
 DATASETS = {"mnist": (60000, 10000, 100), "cifar10": (50000, 10000, 300)}
-
-
-def blas_threads() -> int:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return 2
-    pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
-    return int(pools[0]["num_threads"]) if pools else 2
-
-
-def limit_threads(threads: int):
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    return threadpool_limits(limits=threads, user_api="blas")
 
 
 def make_trainer(dataset: str, width: float, engine: str, device: str, seed: int):

@@ -29,27 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import blas_info, clean_blas_env, machine, median_ms  # noqa: E402
+from _common import (blas_info, blas_threads, clean_blas_env, limit_threads, machine,  # noqa: E402
+                     median_ms)
 
 BATCH, MU, LR = 128, 0.1, 1e-3
-
-
-def blas_threads() -> int:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return 2
-    pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
-    return int(pools[0]["num_threads"]) if pools else 2
-
-
-def limit_threads(threads: int):
-    """Limit NumPy's BLAS to ``threads`` (returns the threadpoolctl context, or None)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    return threadpool_limits(limits=threads, user_api="blas")
 
 
 def build(seed: int):

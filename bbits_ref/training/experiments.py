@@ -30,6 +30,7 @@ from bbits_ref.training.config import TrainConfig
 __all__ = ["ABLATIONS", "BASELINE_HELP", "ablation_changes", "bits_pair", "baseline_changes",
            "baseline_config", "Member", "sweep_members", "MemberState", "member_state",
            "config_differences", "member_row", "sweep_table", "sweep_points", "pareto_front",
+           "point_arrays",
            "format_sweep_table"]
 
 #: Ablation kinds and what each changes; the ones marked W/A need (weight, activation) bits.
@@ -290,6 +291,23 @@ def sweep_points(table: dict) -> tuple[list, list]:
     return [r for r in done if r["kind"] == "bb"], [r for r in done if r["kind"] != "bb"]
 
 
+def point_arrays(points, what: str = "points") -> tuple:
+    """(relative_bops, test_accuracy) float arrays of sweep points (dicts), checked: a clear
+    ValueError names the first malformed point or the non-finite ones."""
+    for i, p in enumerate(points):
+        if not isinstance(p, dict) or any(k not in p for k in ("relative_bops", "test_accuracy")):
+            got = sorted(p) if isinstance(p, dict) else type(p).__name__
+            raise ValueError(f"{what}[{i}] must be a dict with 'relative_bops' and "
+                             f"'test_accuracy' (and 'label' or 'mu'); got {got}")
+    bops = np.asarray([p["relative_bops"] for p in points], dtype=np.float64)
+    acc = np.asarray([p["test_accuracy"] for p in points], dtype=np.float64)
+    bad = np.flatnonzero(~(np.isfinite(bops) & np.isfinite(acc)))
+    if bad.size:
+        raise ValueError(f"{what}{bad.tolist()} have non-finite relative_bops or test_accuracy; "
+                         "drop diverged runs first")
+    return bops, acc
+
+
 def pareto_front(points) -> list:
     """The non-dominated points, sorted by relative BOPs (ascending).
 
@@ -300,17 +318,7 @@ def pareto_front(points) -> list:
     points = list(points)
     if not points:
         return []
-    for i, p in enumerate(points):
-        if not isinstance(p, dict) or any(k not in p for k in ("relative_bops", "test_accuracy")):
-            got = sorted(p) if isinstance(p, dict) else type(p).__name__
-            raise ValueError(f"points[{i}] must be a dict with 'relative_bops' and "
-                             f"'test_accuracy' (and 'label' or 'mu'); got {got}")
-    bops = np.asarray([p["relative_bops"] for p in points], dtype=np.float64)
-    acc = np.asarray([p["test_accuracy"] for p in points], dtype=np.float64)
-    bad = np.flatnonzero(~(np.isfinite(bops) & np.isfinite(acc)))
-    if bad.size:
-        raise ValueError(f"points{bad.tolist()} have non-finite relative_bops or test_accuracy; "
-                         "drop diverged runs first")
+    bops, acc = point_arrays(points, "points")
     # [i, j] is True when point j dominates point i.
     no_worse = (bops[None, :] <= bops[:, None]) & (acc[None, :] >= acc[:, None])
     better = (bops[None, :] < bops[:, None]) | (acc[None, :] > acc[:, None])
