@@ -42,11 +42,11 @@ from bbits_ref._files import atomic_write_bytes
 from bbits_ref.method.bops import LayerCost, relative_bops, uniform_relative_bops
 from bbits_ref.method.gates import Gate, make_gate
 from bbits_ref.method.readout import BIT_CHOICES
-from bbits_ref.training.experiments import pareto_front, point_arrays
+from bbits_ref.training.experiments import pareto_front, point_arrays  # the front plot_pareto draws
 
 __all__ = ["GATE_BITS", "PAPER_RESULTS", "plot_gate_probabilities", "plot_bit_widths",
            "plot_bops_accuracy", "plot_kept_channels", "plot_training_curves", "plot_layer_bops",
-           "plot_bit_distribution", "plot_pareto", "pareto_front", "gate_levels",
+           "plot_bit_distribution", "plot_pareto", "gate_levels",
            "reference_marks", "save_run_figures", "save_sweep_figures", "Reference",
            "GateArtists", "BitWidthArtists", "BopsAccuracyArtists", "LayerBopsArtists",
            "ParetoArtists"]
