@@ -18,9 +18,17 @@ class BBitsError(Exception):
 
 
 class UsageError(BBitsError, ValueError):
-    """An invalid setting: a value out of range, NaN, an unknown choice, incompatible options."""
+    """An invalid setting: a value out of range, NaN, an unknown choice, incompatible options.
+
+    ``setting`` names the configuration field at fault, when there is one, so that the command
+    line can name its flag.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class DataFileError(BBitsError, ValueError):

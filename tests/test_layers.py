@@ -47,7 +47,7 @@ LAYERS: dict[str, tuple[int, dict[str, int]]] = {
                              "prior": 2, "bops": 3, "layers": 4, "models": 5, "readout": 6}),
     "bbits_ref.torch_impl": (3, {"quantizer": 0, "bops": 0, "gates": 1, "prior": 2, "layers": 3,
                                  "models": 4, "state": 5, "adapter": 6}),
-    "bbits_ref.training": (4, {"checkpoints": 0, "config": 0, "runs": 0, "compare": 0, "engines": 0,
+    "bbits_ref.training": (4, {"checkpoints": 0, "config": 0, "runs": 0, "compare": 2, "engines": 0,
                                "experiments": 1, "trainer": 2}),
     "bbits_ref.plotting": (5, {"": 0}),
     "bbits_ref.course": (6, {"settings": 0, "runs": 0, "widgets": 0, "exercises": 1}),

@@ -148,15 +148,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         return TrainConfig(dataset=dataset).replace(**{k: v for k, v in changes.items()
                                                        if k != "dataset"})
     except UsageError as exc:
-        raise UsageError(_with_flag(str(exc))) from None
+        flag = _flags().get(exc.setting)
+        raise UsageError(f"{flag}: {exc}" if flag else str(exc), setting=exc.setting) from None
 
 
-def _with_flag(message: str) -> str:
-    """Name the flag in a config error that starts with a field name ("mu must be ...")."""
-    name = message.split(" ", 1)[0].rstrip(":")
-    for cls in _GROUPS:
-        for f in _cli_fields(cls):
-            if f.name == name:
-                return f"{field_flag(f)}: {message}"
-    return message
-
+def _flags() -> dict:
+    """Config field name -> its command-line flag."""
+    return {f.name: field_flag(f) for cls in _GROUPS for f in _cli_fields(cls)}

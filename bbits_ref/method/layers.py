@@ -111,18 +111,21 @@ class BBConfig:
         elif (not isinstance(self.chain_init, (tuple, list)) or len(self.chain_init) != 4
               or not all(_is_finite_number(v) for v in self.chain_init)):
             raise UsageError(f"chain_init needs four finite logits (φ4, φ8, φ16, φ32); got "
-                             f"{self.chain_init!r}")
+                             f"{self.chain_init!r}", setting="chain_init")
         if not _is_finite_number(self.prune_init):
-            raise UsageError(f"prune_init must be a finite number; got {self.prune_init!r}")
+            raise UsageError(f"prune_init must be a finite number; got {self.prune_init!r}",
+                             setting="prune_init")
         for name in ("hard_cut", "pruning", "learn_bits", "quantize", "ste"):
             if not isinstance(getattr(self, name), bool):
-                raise UsageError(f"{name} must be true or false; got {getattr(self, name)!r}")
+                raise UsageError(f"{name} must be true or false; got {getattr(self, name)!r}",
+                                 setting=name)
         for name, value, choices in (("gate", self.gate, gates_mod.GATE_KINDS),
                                      ("prior", self.prior, PRIOR_KINDS),
                                      ("reg_type", self.reg_type, REG_TYPES),
                                      ("clip", self.clip, CLIP_MODES)):
             if value not in choices:
-                raise UsageError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+                raise UsageError(f"{name} must be one of {', '.join(choices)}; got {value!r}",
+                                 setting=name)
         for name in ("weight_bits", "act_bits"):
             bits = getattr(self, name)
             if bits is not None:

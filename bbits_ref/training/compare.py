@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bbits_ref._errors import DataFileError
+from bbits_ref.training.experiments import setting_differences
 
 __all__ = ["RunRecord", "Comparison", "load_run", "compare_runs", "format_comparison"]
 
@@ -118,21 +119,6 @@ class Comparison:
     first_config_difference: int | None = None
 
 
-_IGNORED_SETTINGS = {"data_dir", "download", "run_id", "lr_changes"}
-
-
-def _flat_settings(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if key in _IGNORED_SETTINGS:
-            continue
-        if isinstance(value, dict) and key == "method":
-            out.update(_flat_settings(value, prefix="method."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def _gate_vector(rec: dict) -> dict:
     """(quantizer, gate) -> probability, for one history record."""
     out = {}
@@ -164,9 +150,7 @@ def compare_runs(a, b, tol: float = 1e-4) -> Comparison:
     a = a if isinstance(a, RunRecord) else load_run(a)
     b = b if isinstance(b, RunRecord) else load_run(b)
     c = Comparison(a, b)
-    sa, sb = _flat_settings(a.config), _flat_settings(b.config)
-    c.settings = {k: (sa.get(k), sb.get(k)) for k in sorted(set(sa) | set(sb))
-                  if sa.get(k) != sb.get(k)}
+    c.settings = setting_differences(a.config, b.config)
     ea = {int(r["epoch"]): r for r in a.epochs()}
     eb = {int(r["epoch"]): r for r in b.epochs()}
     for epoch in sorted(set(ea) & set(eb)):

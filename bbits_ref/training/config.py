@@ -61,18 +61,19 @@ def _number(name, value, *, integer=False, minimum=None, above=None, allow_none=
     ok_type = (isinstance(value, int) if integer else isinstance(value, (int, float)))
     if isinstance(value, bool) or not ok_type:
         kind = "a whole number" if integer else "a number"
-        raise UsageError(f"{name} must be {kind}; got {value!r}")
+        raise UsageError(f"{name} must be {kind}; got {value!r}", setting=name)
     if not math.isfinite(value):
-        raise UsageError(f"{name} must be a finite number; got {value!r}")
+        raise UsageError(f"{name} must be a finite number; got {value!r}", setting=name)
     if minimum is not None and value < minimum:
-        raise UsageError(f"{name} must be at least {minimum:g}; got {value!r}")
+        raise UsageError(f"{name} must be at least {minimum:g}; got {value!r}", setting=name)
     if above is not None and value <= above:
-        raise UsageError(f"{name} must be greater than {above:g}; got {value!r}")
+        raise UsageError(f"{name} must be greater than {above:g}; got {value!r}", setting=name)
 
 
 def _choice(name, value, choices):
     if value not in choices:
-        raise UsageError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        raise UsageError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}",
+                         setting=name)
 
 
 @dataclass
@@ -131,18 +132,20 @@ class TrainConfig:
         _number("width", self.width, above=0)
         if self.width > MAX_WIDTH:
             raise UsageError(f"width must be at most {MAX_WIDTH:g} (VGG-7's parameters grow with "
-                             f"its square: about 13 M at width 1); got {self.width!r}")
+                             f"its square: about 13 M at width 1); got {self.width!r}", setting="width")
         for name in ("mu", "lr_weights", "lr_gates", "lr_ranges", "finetune_lr"):
             _number(name, getattr(self, name), minimum=0)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("dtype", self.dtype, DTYPES)
         for name in ("download",):
             if not isinstance(getattr(self, name), bool):
-                raise UsageError(f"{name} must be true or false; got {getattr(self, name)!r}")
+                raise UsageError(f"{name} must be true or false; got {getattr(self, name)!r}",
+                                 setting=name)
         if self.augment is not None and not isinstance(self.augment, bool):
-            raise UsageError(f"augment must be true, false or null; got {self.augment!r}")
+            raise UsageError(f"augment must be true, false or null; got {self.augment!r}",
+                             setting="augment")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
-            raise UsageError(f"data_dir must be a path; got {self.data_dir!r}")
+            raise UsageError(f"data_dir must be a path; got {self.data_dir!r}", setting="data_dir")
         if self.method is None:
             self.method = BBConfig(chain_init=DATASET_GATE_PRESET[self.dataset])
         elif isinstance(self.method, dict):

@@ -29,7 +29,7 @@ from bbits_ref.training.config import TrainConfig
 
 __all__ = ["ABLATIONS", "BASELINE_HELP", "ablation_changes", "bits_pair", "baseline_changes",
            "baseline_config", "Member", "sweep_members", "MemberState", "member_state",
-           "config_differences", "member_row", "sweep_table", "sweep_points", "pareto_front",
+           "config_differences", "setting_differences", "member_row", "sweep_table", "sweep_points", "pareto_front",
            "point_arrays",
            "format_sweep_table"]
 
@@ -170,18 +170,26 @@ class MemberState:
 
 def _flat(config_dict: dict) -> dict:
     """Setting name -> value; the method's settings by their own names (as ``replace`` takes)."""
+    method = config_dict.get("method")
+    if not isinstance(method, dict):             # absent, or a run file that is not ours
+        return dict(config_dict)
     flat = {k: v for k, v in config_dict.items() if k != "method"}
-    for k, v in (config_dict.get("method") or {}).items():
+    for k, v in method.items():
         flat[f"method.{k}" if k in flat else k] = v
     return flat
 
 
-def config_differences(saved: dict, requested: dict) -> list[str]:
-    """``"name: saved -> requested"`` for every setting that differs between two
+def setting_differences(a: dict, b: dict) -> dict:
+    """name -> (value in a, value in b) for every setting that differs between two
     :meth:`TrainConfig.to_dict` results (where the data comes from is not compared)."""
-    a, b = _flat(saved), _flat(requested)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if k not in _IGNORED_SETTINGS and a.get(k) != b.get(k)]
+    fa, fb = _flat(a), _flat(b)
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb))
+            if k not in _IGNORED_SETTINGS and fa.get(k) != fb.get(k)}
+
+
+def config_differences(saved: dict, requested: dict) -> list[str]:
+    """``"name: saved -> requested"`` for every setting that differs (:func:`setting_differences`)."""
+    return [f"{k}: {x!r} -> {y!r}" for k, (x, y) in setting_differences(saved, requested).items()]
 
 
 def _read_json(path: Path):
