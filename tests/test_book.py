@@ -32,6 +32,8 @@ import pytest
 from bbits_ref.method import bops, constants, layers
 from bbits_ref.method.gates import GumbelSoftmax, HardConcrete
 
+from browser_support import CHROMIUM, CHROMIUM_ARGS, playwright_or_skip
+
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 BOOK_ROOT = REPO / "build" / "book"
@@ -41,9 +43,6 @@ BUILD_SCRIPT = REPO / "scripts" / "build_book.sh"
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # The page the browser opens: the gates notebook, whose matplotlib figures are static images.
 BROWSER_PAGE = "notebooks/03_gates.html"
-CHROMIUM = Path(os.environ.get("BBITS_CHROMIUM", "/usr/bin/chromium"))   # as tests/test_browser.py
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 BUILD_TIMEOUT = 1800     # seconds for the whole build: ten notebooks in small mode on a busy CI core
 PAGE_TIMEOUT = 30        # seconds for the browser to load one page and its images
 
@@ -313,15 +312,7 @@ def test_a_failing_notebook_fails_the_build_and_names_the_cell(tmp_path):
 # --------------------------------------------------------------------------- in a browser
 
 def _playwright_or_skip():
-    if not CHROMIUM.exists():
-        pytest.skip(f"Chromium not found at {CHROMIUM}: run `bash scripts/ci_browser_setup.sh` "
-                    "(apt-get install chromium) to open the book in a real browser")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the `playwright` Python package is not installed: run `bash "
-                    "scripts/ci_browser_setup.sh` (pip install playwright; no browser download)")
-    return sync_playwright
+    return playwright_or_skip("open the book in a real browser")
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

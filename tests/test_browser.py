@@ -25,11 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from browser_support import CHROMIUM, CHROMIUM_ARGS, playwright_or_skip
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "02_quantization_decomposition.ipynb"
-CHROMIUM = Path(os.environ.get("BBITS_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 TOKEN = "bbits-ref-browser-test"
 RESULT_TEXT = "max |error| ="
 SLIDER_LABEL = re.compile(r"^\s*(bits|β)\s*$")
@@ -44,15 +43,7 @@ pytestmark = pytest.mark.slow
 
 
 def _playwright_or_skip():
-    if not CHROMIUM.exists():
-        pytest.skip(f"Chromium not found at {CHROMIUM}: run `bash scripts/ci_browser_setup.sh` "
-                    "(apt-get install chromium) to enable the real-browser widget test")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the `playwright` Python package is not installed: run `bash "
-                    "scripts/ci_browser_setup.sh` (pip install playwright; no browser download)")
-    return sync_playwright
+    return playwright_or_skip("enable the real-browser widget test")
 
 
 def _free_port() -> int:
