@@ -49,7 +49,8 @@ __all__ = ["GATE_BITS", "PAPER_RESULTS", "plot_gate_probabilities", "plot_bit_wi
            "plot_bit_distribution", "plot_pareto", "gate_levels",
            "reference_marks", "save_run_figures", "save_sweep_figures", "Reference",
            "GateArtists", "BitWidthArtists", "BopsAccuracyArtists", "LayerBopsArtists",
-           "ParetoArtists"]
+           "ParetoArtists", "plot_gate_trace", "plot_bit_evolution", "GateTraceArtists",
+           "save_figure", "plot_pareto_groups", "ParetoGroupArtists"]
 
 #: The chained gates z4 → z8 → z16 → z32 (z2 is the pruning gate, plotted separately).
 GATE_BITS = (4, 8, 16, 32)
@@ -1054,5 +1055,158 @@ def save_compare_figure(histories: dict, path, dpi=100) -> Path:
     """Write :func:`plot_bops_accuracy_paths` of ``histories`` to the PNG ``path`` (atomically)."""
     fig, ax = _figure()
     plot_bops_accuracy_paths(histories, ax=ax)
+    return save_figure(fig, path, dpi)
+
+
+def save_figure(fig, path, dpi=100) -> Path:
+    """Write the Figure ``fig`` to the PNG ``path``, atomically; returns the path."""
     path = Path(path)
     return _write_figures({path.name: fig}, path.parent, dpi)[0]
+
+
+# ----------------------------------------------------------------------------- the rebuttal's figures
+class GateTraceArtists(NamedTuple):
+    axes: list            # [parent probability, gate probability, gradients]
+    parent: list          # per trace: the parent gate's probability line
+    gate: list            # per trace: the gate's probability line
+    prior: list           # per trace: the prior's part of the gradient
+    data: list            # per trace: the data's part of the gradient
+
+
+def plot_gate_trace(traces: dict, quantizer=None, gate: str = "z8", fig=None) -> GateTraceArtists:
+    """A chain gate under different priors, from gate traces (:mod:`bbits_ref.training.gate_trace`).
+
+    ``traces`` maps a label (e.g. "autoregressive", "independent") to a trace of
+    :func:`~bbits_ref.training.gate_trace.load_trace`; ``quantizer`` (default: the one whose
+    parent switches off, in every trace, while the gate is the most on,
+    :func:`~bbits_ref.training.gate_trace.overregularization_example`) and ``gate`` pick the
+    gate.  Three panels over the epochs: the parent's probability q(z_{b/2} = 1 | on), the
+    gate's q(z_b = 1 | z_{b/2} = 1), and the two parts of ∂loss/∂φ_b the optimiser received —
+    the prior's (solid) and the data's (dotted); positive values push the gate off.  A dashed
+    vertical line marks, per trace, the first record with the parent's probability below 0.5.
+    """
+    from bbits_ref.training.gate_trace import overregularization_example
+    if not isinstance(traces, dict) or not traces:
+        raise ValueError("traces must map a label to a gate trace (load_trace) — at least one")
+    if gate not in ("z8", "z16", "z32"):
+        raise ValueError(f"gate must be z8, z16 or z32 (a gate with a parent); got {gate!r}")
+    col = ("z4", "z8", "z16", "z32").index(gate)
+    name = (overregularization_example(traces, gate)["quantizer"] if quantizer is None
+            else quantizer)
+    bits = GATE_BITS[col]
+    fig = _new_fig(fig, (7.0, 6.4))
+    axes = fig.subplots(3, 1, sharex=True)
+    artists = GateTraceArtists(list(axes), [], [], [], [])
+    for i, (label, trace) in enumerate(traces.items()):
+        if name not in trace["quantizers"]:
+            raise ValueError(f"trace {label!r} has no quantizer {name!r}; it has "
+                             f"{', '.join(trace['quantizers'])}")
+        q = trace["quantizers"].index(name)
+        epoch = np.asarray(trace["epoch"])
+        color = f"C{i}"
+        probs = np.asarray(trace["probs"])[:, q]
+        artists.parent.append(axes[0].plot(epoch, probs[:, col - 1], color=color,
+                                           label=label)[0])
+        artists.gate.append(axes[1].plot(epoch, probs[:, col], color=color, label=label)[0])
+        artists.prior.append(axes[2].plot(epoch, np.asarray(trace["grad_prior"])[:, q, col],
+                                          color=color, linewidth=1.8,
+                                          label=f"{label}: prior")[0])
+        artists.data.append(axes[2].plot(epoch, np.asarray(trace["grad_data"])[:, q, col],
+                                         color=color, linestyle=":", linewidth=1.0,
+                                         label=f"{label}: data")[0])
+        off = np.flatnonzero(probs[:, col - 1] < 0.5)
+        if off.size:                                  # the parent switches off here
+            for ax in axes:
+                ax.axvline(epoch[off[0]], color=color, linestyle="--", linewidth=0.8, alpha=0.7)
+    parent = GATE_BITS[col - 1]
+    axes[0].set_ylabel(f"q(z{parent} = 1 | on)")
+    axes[1].set_ylabel(f"q(z{bits} = 1 | z{parent} = 1)")
+    for ax in axes[:2]:
+        ax.set_ylim(-0.03, 1.03)
+        ax.legend(fontsize="x-small", loc="lower left")
+    axes[2].axhline(0.0, color="0.6", linewidth=0.8)
+    axes[2].set_ylabel(f"∂loss/∂φ{bits}\n(> 0 pushes z{bits} off)")
+    axes[2].legend(fontsize="x-small", loc="upper right", ncol=2)
+    axes[2].set_xlabel("epoch")
+    _plain_numbers(axes[2])
+    fig.suptitle(f"{_short_name(name)}: gate z{bits} when its parent z{parent} switches off")
+    return artists
+
+
+def plot_bit_evolution(histories: dict, fig=None) -> list:
+    """E_q[bit width] per quantizer over training, one panel per run, on a shared log2 axis.
+
+    ``histories`` maps a label (e.g. "μ = 0.01", "μ = 1") to a run's history.  Each panel holds
+    every quantizer in its layer's colour (weights dark, activations light), as
+    :func:`plot_bit_widths` draws them on one Axes.  Returns the :class:`BitWidthArtists` of each
+    panel.
+    """
+    if not isinstance(histories, dict) or not histories:
+        raise ValueError("histories must map a label to a run history (at least one run)")
+    fig = _new_fig(fig, (5.2 * len(histories), 3.6))
+    axes = np.atleast_1d(fig.subplots(1, len(histories), sharey=True))
+    out = []
+    for ax, (label, history) in zip(axes, histories.items()):
+        out.append(plot_bit_widths(history, ax=ax))
+        ax.set_title(label)
+        if ax is not axes[-1]:
+            legend = ax.get_legend()
+            if legend is not None:
+                legend.remove()
+    fig.suptitle("Bit width per quantizer over training: test time (steps), expected (dashed)")
+    return out
+
+
+class ParetoGroupArtists(NamedTuple):
+    front: Line2D | None  # the Pareto front through the Bayesian Bits means (step line)
+    sweep: object         # ErrorbarContainer of the Bayesian Bits means (None: none)
+    baselines: list       # one ErrorbarContainer per baseline
+
+
+def plot_pareto_groups(groups, ax=None) -> ParetoGroupArtists:
+    """A sweep over μ and seeds: each μ and each baseline at its mean over seeds, ± one standard
+    deviation in both directions (no bar with a single seed), and the Pareto front of the
+    Bayesian Bits means.
+
+    ``groups`` is the ``"groups"`` list of :func:`~bbits_ref.training.experiments.sweep_table`
+    (keys ``label``, ``kind``, ``n``, ``relative_bops_mean``/``_std``,
+    ``test_accuracy_mean``/``_std``); groups without a finished run are skipped.
+    """
+    groups = [g for g in groups if isinstance(g, dict) and g.get("n")]
+    if not groups:
+        raise ValueError("nothing to plot: no group of the sweep table has a finished run")
+    ax = _new_ax(ax)
+
+    def arrays(items):
+        means = [{"relative_bops": g["relative_bops_mean"], "test_accuracy": g["test_accuracy_mean"],
+                  "label": g["label"]} for g in items]
+        x, y = _point_arrays(means, "groups")
+        xerr = np.array([g.get("relative_bops_std") or 0.0 for g in items])
+        yerr = np.array([g.get("test_accuracy_std") or 0.0 for g in items])
+        return means, x, y, xerr, yerr
+
+    sweep = front_line = None
+    bb = [g for g in groups if g["kind"] == "bb"]
+    if bb:
+        means, x, y, xerr, yerr = arrays(bb)
+        n = max(g["n"] for g in bb)
+        sweep = ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color="C0", capsize=2,
+                            label=f"Bayesian Bits, mean ± std over {n} seeds", zorder=3)
+        front = pareto_front(means)
+        fx, fy = _point_arrays(front, "front")
+        front_line, = ax.plot(fx, fy, drawstyle="steps-post", color="C0", linewidth=1.2,
+                              label="Pareto front of the means", zorder=2)
+        for m, xi, yi in zip(means, x, y):
+            ax.annotate(m["label"], (xi, yi), xytext=(4, -11), textcoords="offset points",
+                        fontsize="x-small")
+    marked = []
+    markers = "s^DvPX*<>"
+    for k, g in enumerate(g for g in groups if g["kind"] != "bb"):
+        _, x, y, xerr, yerr = arrays([g])
+        marked.append(ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=markers[k % len(markers)],
+                                  color=f"C{1 + k % 9}", capsize=2, label=g["label"], zorder=4))
+    _log_bops_axis(ax)
+    _accuracy_axis(ax)
+    ax.set_title("Accuracy against BOPs, mean ± std over seeds")
+    ax.legend(fontsize="x-small", loc="lower right")
+    return ParetoGroupArtists(front_line, sweep, marked)

@@ -11,7 +11,7 @@ import pytest
 from bbits_ref._errors import DataFileError
 from bbits_ref.course import exercises as E
 from bbits_ref.course.exercises import Exercise, Mistake, exercise, exercise_ids
-from bbits_ref.method import bops, gates, prior, quantizer
+from bbits_ref.method import bops, decomposition, gates, prior, quantizer
 
 REPO = Path(__file__).resolve().parents[1]
 COURSE_A = sorted((REPO / "notebooks").glob("0[2-5]_*.ipynb"))
@@ -75,6 +75,9 @@ def test_the_truths_are_library_values():
     parts = quantizer.decompose(np.array([0.5]), np.float64(1.0), True)
     assert np.array_equal(exercise("02.2").expected(), [parts["A2"][0], parts["e4"][0]])
     assert exercise("02.3").expected() == 15
+    chains = ((2, 4, 8), (2, 3, 4, 6, 8), (3, 6), (2, 6), (4, 6))
+    assert tuple(exercise("02.4").expected()) == (1, 0, 1, 1, 0) == tuple(
+        int(all(r.equals_direct for r in decomposition.equality_report(c))) for c in chains)
     assert exercise("03.1").expected() == pytest.approx(gates.HardConcrete().prob_one(1.0).item())
     assert exercise("03.2").expected() == pytest.approx(-0.935303, abs=1e-6)
     assert exercise("03.3").expected() == gates.GumbelSoftmax.hard_cut_logit
@@ -278,3 +281,12 @@ def test_the_lecturers_errors_stay_fixed():
     first_replay = next(i for i, t in enumerate(cells) if "TrainingReplay(paper.history)" in t)
     first_train = next(i for i, t in enumerate(cells) if "train(" in t)
     assert first_replay < first_train
+
+
+def test_06_4_the_2_bit_zero_threshold_is_a_third_of_the_range():
+    """The truth of 06.4 is the library's: a signed 2-bit quantizer zeroes exactly |w| < β/3."""
+    assert exercise("06.4").expected() == pytest.approx(1 / 3, rel=1e-12)
+    beta = np.float64(0.147)
+    w = np.random.default_rng(0).uniform(-beta, beta, 10_000)
+    zero = quantizer.quantize_direct(w, beta, 2, True) == 0
+    assert np.array_equal(zero, np.abs(w) < beta * exercise("06.4").expected())

@@ -495,6 +495,31 @@ def test_plot_pareto_needs_something():
         plotting.plot_pareto([], [])
 
 
+def test_plot_pareto_groups_means_spreads_and_front():
+    from bbits_ref.training.experiments import sweep_table
+    rows = [{"member": f"{mu}-{seed}", "label": f"μ={mu}", "kind": "bb", "seed": seed, "mu": mu,
+             "status": "done", "relative_bops": b + 0.02 * seed, "test_accuracy": a - 0.01 * seed}
+            for mu, b, a in ((0.01, 0.5, 0.95), (0.1, 0.3, 0.93), (1.0, 0.3, 0.90))
+            for seed in (0, 1, 2)]
+    rows += [{"member": f"w4a4-{s}", "label": "w4a4", "kind": "baseline", "seed": s, "mu": None,
+              "status": "done", "relative_bops": 1.73, "test_accuracy": 0.96} for s in (0, 1)]
+    rows += [{"member": "lsq", "label": "lsq-w4a4", "kind": "baseline", "seed": 0, "mu": None,
+              "status": "failed", "relative_bops": None, "test_accuracy": None}]
+    groups = sweep_table(rows)["groups"]
+    art = plotting.plot_pareto_groups(groups)
+    # means: (0.52, 0.94), (0.32, 0.92), (0.32, 0.89): the last is dominated
+    np.testing.assert_allclose(art.front.get_xdata(), [0.32, 0.52])
+    np.testing.assert_allclose(art.front.get_ydata(), [0.92, 0.94])
+    x, y = art.sweep.lines[0].get_data()
+    np.testing.assert_allclose(x, [0.52, 0.32, 0.32])
+    bars = art.sweep.lines[2]                              # (x bars, y bars)
+    np.testing.assert_allclose(bars[1].get_segments()[0][:, 1], [0.93, 0.95])   # 0.94 ± 0.01
+    assert len(art.baselines) == 1 and art.baselines[0].get_label() == "w4a4"  # failed: skipped
+    assert "3 seeds" in art.sweep.get_label()
+    with pytest.raises(ValueError, match="no group"):
+        plotting.plot_pareto_groups([g for g in groups if g["label"] == "lsq-w4a4"])
+
+
 # ------------------------------------------------------------------ saving
 RUN_PNGS = ["gate_probabilities.png", "bit_widths.png", "bops_accuracy.png",
             "kept_channels.png", "training_curves.png"]

@@ -200,8 +200,18 @@ def test_seeds_are_an_axis_with_mean_and_std(tmp_path, capsys):
     assert "mean ± std" in text
 
 
+def test_baselines_only_with_empty_mus(tmp_path):
+    out = tmp_path / "s"
+    assert sweep(*FAST, "--mus", "", "--baseline", "w2a2", "--workers", "1",
+                 "--out", str(out)) == 0
+    table = table_of(out)
+    assert [r["member"] for r in table["runs"]] == ["w2a2-seed0"]
+    assert [g["kind"] for g in table["groups"]] == ["baseline"]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--mus", "0.1,x"], "--mus takes comma-separated numbers"),
+    (["--mus", ""], "at least one μ or baseline"),
     (["--seeds", "0,a"], "--seeds takes comma-separated whole numbers"),
     (["--seeds", "0,0"], "lists seeds more than once: 0"),
     (["--workers", "0"], "--workers must be at least 1; got 0"),

@@ -185,8 +185,9 @@ def cmd_info(args) -> int:
         model = build_model(config, rng=0)
         built.update(config=config, model=model)
         expected = model.state_dict()
-        for name, _q in model.quantizers():      # ranges are created lazily: add them
-            expected[f"{name}.beta"] = np.zeros((), dtype=config.dtype)
+        for name, q in model.quantizers():       # ranges are created lazily: add them
+            if q.has_range:                      # (DoReFa weights have none, §13)
+                expected[f"{name}.beta"] = np.zeros((), dtype=config.dtype)
         return expected
 
     model_state, _, meta = load_checkpoint(path, expected_model=expected_model)

@@ -356,7 +356,8 @@ def _raise_stop(signum, frame):
 def add_sweep_options(p) -> None:
     """The options of ``bbits-ref sweep`` besides the training ones."""
     from bbits_ref.training.experiments import BASELINE_HELP
-    p.add_argument("--mus", default="0.01,0.1,1", help="comma-separated μ values")
+    p.add_argument("--mus", default="0.01,0.1,1",
+                   help="comma-separated μ values ('' for none: baselines only)")
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2: every μ and baseline is "
                                    "trained once per seed and the table gives mean ± std "
                                    "(default: --seed)")
@@ -446,7 +447,8 @@ def cmd_sweep(args) -> int:
 
     base = config_from_args(args)
     out = Path(args.out or f"runs/sweep-{base.model}-{base.dataset}")
-    mus = _number_list(args.mus, float, "--mus", "numbers such as 0.01,0.1,1")
+    mus = ([] if not args.mus.strip()              # --mus "": baselines only
+           else _number_list(args.mus, float, "--mus", "numbers such as 0.01,0.1,1"))
     seeds = None if args.seeds is None else _number_list(args.seeds, int, "--seeds",
                                                          "whole numbers such as 0,1,2")
     if args.workers < 1:

@@ -386,6 +386,57 @@ answer = np.unique(quantize_direct(sweep, np.float64(1.0), 4, True)).size   # 2^
 ))
 
 
+_CHAINS = ((2, 4, 8), (2, 3, 4, 6, 8), (3, 6), (2, 6), (4, 6))
+
+
+def _chains_equal_direct() -> tuple:
+    """1 where every stage of the chain is direct quantization (the library's report), else 0."""
+    from bbits_ref.method.decomposition import equality_report
+    return tuple(int(all(row.equals_direct for row in equality_report(c))) for c in _CHAINS)
+
+
+def _chain_flags(rule) -> tuple:
+    """1/0 per chain from a (wrong) rule on consecutive widths ``rule(b, b_next)``."""
+    return tuple(int(all(rule(b, b_next) for b, b_next in zip(c, c[1:]))) for c in _CHAINS)
+
+
+register(Exercise(
+    "02.4", "which chains reproduce direct quantization",
+    "Five residual chains: (a) (2, 4, 8), (b) (2, 3, 4, 6, 8), (c) (3, 6), (d) (2, 6), "
+    "(e) (4, 6). Each stage b uses the direct step s_b = (β − α)/(2^b − 1) and rounds what the "
+    "previous stages left. For which chains is every stage A_b exactly direct b-bit "
+    "quantization? Answer with five flags, 1 = yes, 0 = no, e.g. answer = (1, 1, 0, 0, 1).",
+    truth=_chains_equal_direct,
+    rtol=0.0, atol=0.0, shape_hint="a tuple of five 0/1 flags",
+    mistakes=(
+        Mistake(lambda: _chain_flags(lambda b, b_next: True),
+                "finer steps alone are not enough: the coarse levels must lie on the fine grid, "
+                "so s_b/s_b' = (2^b' − 1)/(2^b − 1) must be a whole number. For 2 → 3 it is "
+                "7/3 (docs/method.md §2.8)."),
+        Mistake(lambda: _chain_flags(lambda b, b_next: b_next == 2 * b),
+                "doubling is enough but not necessary: b' only has to be a multiple of b. "
+                "2 → 6 nests as well (s2/s6 = 63/3 = 21)."),
+        Mistake(lambda: _chain_flags(lambda b, b_next: math.gcd(b, b_next) > 1),
+                "a common factor is not enough: 4 does not divide 6, and s4/s6 = 63/15 = 21/5 "
+                "is not a whole number, so A_6 falls between the 6-bit levels."),
+        Mistake(lambda: tuple(int(c[-1] % c[0] == 0) for c in _CHAINS),
+                "you compared the first and the last width only. Every stage counts: in "
+                "(2, 3, 4, 6, 8) the 3-bit stage already leaves the grid (2 does not divide 3)."),
+    ),
+    solution_text="Stage b' equals direct quantization iff the value before it lies on the "
+                  "b'-bit grid, i.e. iff every earlier width divides b' (2^b − 1 divides "
+                  "2^b' − 1 iff b divides b'). (a), (c), (d) nest; in (b) 2 → 3 breaks and every "
+                  "later stage inherits the offset; in (e) 4 does not divide 6.",
+    solution_code="""
+from bbits_ref.method.decomposition import equality_report
+chains = [(2, 4, 8), (2, 3, 4, 6, 8), (3, 6), (2, 6), (4, 6)]
+answer = tuple(int(all(b_next % b == 0 for k, b_next in enumerate(c) for b in c[:k]))
+               for c in chains)
+assert answer == tuple(int(all(r.equals_direct for r in equality_report(c))) for c in chains)
+""",
+))
+
+
 # =========================================================================== 03: gates
 
 def _hc(**kwargs):
@@ -849,6 +900,48 @@ assert answer == paper_run().summary["steps"]
 ))
 
 
+
+def _ptq_zero_threshold(signed=True, step_fraction=0.5) -> float:
+    """|w|/β below which a 2-bit quantizer with β = max(w) rounds a weight to 0 (§2.3)."""
+    from bbits_ref.method.quantizer import step_sizes
+    return float(step_sizes(np.float64(1.0), signed)[0]) * step_fraction
+
+
+register(Exercise(
+    "06.4", "which weights does 2-bit PTQ set to zero",
+    "Post-training quantization gives each weight quantizer the range β = max(w) of the trained "
+    "weights (docs/method.md §2.1) and trains nothing. At 2 bits a signed tensor has three "
+    "levels. Below which magnitude |w| does a weight round to 0? Answer the threshold as a "
+    "fraction of β (answer = threshold / β).",
+    truth=_ptq_zero_threshold, shape_hint="a fraction of β",
+    mistakes=(
+        Mistake(lambda: _ptq_zero_threshold(signed=False),
+                "that is half the unsigned step β/3. Weights are signed: the grid spans "
+                "[−β, β], so s_2 = 2β/3."),
+        Mistake(lambda: _ptq_zero_threshold(step_fraction=1.0),
+                "that is the step s_2 itself. Rounding sends a weight to 0 while it is within "
+                "half a step of 0."),
+        Mistake(lambda: 0.25,
+                "you divided the range 2β by 2^2 = 4. Between the levels of a b-bit grid there "
+                "are 2^b − 1 steps: s_2 = 2β/3 (docs/method.md §2.3)."),
+        Mistake(lambda: 0.5,
+                "the outer levels are ±2β/3 (= ±s_2), not ±β: x_c/s_2 stays below 1.5, so it "
+                "rounds to −1, 0 or 1."),
+    ),
+    solution_text="Signed: s_2 = (β − (−β))/(2^2 − 1) = 2β/3, and w rounds to 0 while "
+                  "|w|/s_2 < 1/2, i.e. |w| < β/3. A trained tensor's maximum lies far out in "
+                  "its tail, so most weights sit inside ±β/3: 2-bit PTQ sets most of them to 0. "
+                  "QAT can shrink β and move the weights to where the grid has levels.",
+    solution_code="""
+from bbits_ref.method.quantizer import quantize_direct, step_sizes
+s2 = 2 / 3                                    # signed 2-bit step for β = 1
+answer = s2 / 2
+assert np.isclose(s2, step_sizes(np.float64(1.0), signed=True)[0])
+w = np.array([-0.34, -0.33, 0.33, 0.34])      # just outside and inside ±β/3
+assert list(quantize_direct(w, np.float64(1.0), 2, True)) == [-s2, 0.0, 0.0, s2]
+""",
+))
+
 # =========================================================================== 07: VGG-7
 
 def _vgg7_macs(width) -> dict:
@@ -1047,5 +1140,41 @@ register(Exercise(
     solution_code="""
 from bbits_ref.course import runs
 answer = runs.course_run("mu0.01").relative_bops / runs.course_run("mu0.1").relative_bops
+""",
+))
+
+
+def _lsq_levels(bits=4, signed=True) -> int:
+    """Distinct values of a ``bits``-bit LSQ quantizer, counted on a sweep past both ends."""
+    from bbits_ref.method.baselines import lsq_levels, lsq_quantize
+    q_n, q_p = lsq_levels(bits, signed)
+    sweep = np.linspace(-q_n - 2, q_p + 2, 1 << 14)
+    return np.unique(lsq_quantize(sweep, 1.0, bits=bits, signed=signed).data).size
+
+
+register(Exercise(
+    "08.3", "levels of a signed LSQ grid",
+    "How many distinct values can a signed (weight) LSQ quantizer output at 4 bits? Compare with "
+    "exercise 02.3's Bayesian Bits grid.",
+    truth=_lsq_levels,
+    rtol=0.0, atol=0.0, shape_hint="a whole number",
+    mistakes=(
+        Mistake(lambda: _levels(4, True),
+                "15 is the Bayesian Bits signed grid, symmetric around 0. LSQ's signed grid runs "
+                "from −Q_N = −2^(b−1) to Q_P = 2^(b−1) − 1: one more negative level."),
+        Mistake(lambda: 2 ** 3, "2^(b−1) = Q_N counts the negative levels only; add 0 and the Q_P "
+                                "positive ones."),
+        Mistake(lambda: 2 ** 4 + 1, "the grid runs from −Q_N to Q_P = 2^(b−1) − 1, not to "
+                                    "2^(b−1): count again."),
+    ),
+    solution_text="LSQ rounds v/s to the integers −Q_N … Q_P with Q_N = 2^(b−1) = 8 and "
+                  "Q_P = 2^(b−1) − 1 = 7: 8 + 1 + 7 = 16 = 2^4 values, every code of a 4-bit "
+                  "integer. Bayesian Bits gives up one code to keep its grid symmetric "
+                  "(docs/method.md §13).",
+    solution_code="""
+from bbits_ref.method.baselines import lsq_levels, lsq_quantize
+q_n, q_p = lsq_levels(4, True)
+sweep = np.linspace(-q_n - 2, q_p + 2, 10_000)          # in units of s = 1, past both ends
+answer = np.unique(lsq_quantize(sweep, 1.0, bits=4, signed=True).data).size   # 2^4
 """,
 ))

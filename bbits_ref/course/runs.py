@@ -9,12 +9,15 @@ checkpoint):
 * ``figures/course-runs/<name>/``: LeNet-5 on the embedded MNIST subset with the ``"quick"``
   preset (15 epochs, gate learning rate 1e-2), a μ sweep (:data:`SWEEP`) and the ablations and
   baselines of :mod:`bbits_ref.training.experiments` at μ = 0.1 (:data:`ABLATION_RUNS`):
-  :func:`course_run`, :func:`course_runs`.
+  :func:`course_run`, :func:`course_runs`;
+* ``figures/rebuttal/overregularization-<prior>.json``: gate traces of two such runs without the
+  hard cut, autoregressive against independent prior (:mod:`bbits_ref.training.gate_trace`):
+  :func:`gate_traces`.
 
 Every file is read as untrusted: a missing, damaged or inconsistent file raises a one-line
 :class:`~bbits_ref._errors.DataFileError` naming it.  The folder is found next to the package
 (an editable install or a checkout); a wheel installed elsewhere has no ``figures/``, and
-:func:`figures_dir` says so.  Notebooks: ``00_tour``, ``06``, ``08``.
+:func:`figures_dir` says so.  Notebooks: ``00_tour``, ``04``, ``06``, ``08``.
 """
 from __future__ import annotations
 
@@ -25,11 +28,13 @@ from pathlib import Path
 
 from bbits_ref._errors import DataFileError
 from bbits_ref.training import experiments
+from bbits_ref.training.gate_trace import load_trace
 from bbits_ref.training.config import TrainConfig
 from bbits_ref.training.runs import read_json
 
 __all__ = ["PAPER_RUN", "COURSE_RUNS", "SWEEP", "ABLATION_RUNS", "CommittedRun", "figures_dir",
-           "load_run", "paper_run", "course_run", "course_runs", "sweep_members", "sweep_table"]
+           "load_run", "paper_run", "course_run", "course_runs", "sweep_members", "sweep_table",
+           "REBUTTAL", "TRACE_PRIORS", "gate_traces"]
 
 #: The folder (under figures/) of the 100-epoch full-MNIST run that matches the paper.
 PAPER_RUN = "mnist-lenet5-e100"
@@ -40,6 +45,10 @@ SWEEP = ("mu0.01", "mu0.03", "mu0.1", "mu0.3", "mu1")
 #: Ablations and baselines (names of experiments.baseline_changes), trained like mu0.1.
 ABLATION_RUNS = ("quant-only", "prune-only-w8a8", "w8a8", "w4a4", "w2a2", "no-hard-cut",
                  "independent-prior", "no-ste")
+#: The folder (under figures/) of the rebuttal's figures and the data they are drawn from.
+REBUTTAL = "rebuttal"
+#: The priors of the committed gate traces, in the order they are drawn.
+TRACE_PRIORS = ("autoregressive", "independent")
 _FILES = ("config.json", "history.json", "summary.json")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
@@ -203,3 +212,17 @@ def sweep_table(runs) -> dict:
     Pareto flags over the μ sweep, the others as baselines."""
     runs = list(runs.values() if isinstance(runs, dict) else runs)
     return experiments.sweep_table([experiments.member_row(r.member(), r.summary) for r in runs])
+
+
+def gate_traces(root=None) -> dict:
+    """``{prior: trace}`` of the committed gate traces (figures/rebuttal), checked: two runs alike
+    but for the prior (docs/method.md §4), as :func:`~bbits_ref.training.gate_trace.load_trace`
+    returns them."""
+    folder = figures_dir(root) / REBUTTAL
+    traces = {p: load_trace(folder / f"overregularization-{p}.json") for p in TRACE_PRIORS}
+    configs = {p: t["config"].to_dict() for p, t in traces.items()}
+    differ = experiments.setting_differences(*configs.values())
+    if set(differ) != {"prior"}:
+        raise DataFileError(f"{folder}: the committed gate traces should differ in the prior only; "
+                            f"they differ in {', '.join(sorted(differ)) or 'nothing'}")
+    return traces

@@ -430,7 +430,8 @@ class BuiltNetwork:
     @property
     def initialized(self) -> bool:
         """True once every quantizer has its range β (created lazily, §2.1)."""
-        return all(q.beta is not None for _, q in self.quantizers())
+        return all(q.beta is not None or not getattr(q, "has_range", True)   # DoReFa: no range
+                   for _, q in self.quantizers())
 
     def regularizer(self):
         """Σ_t R_t over every quantizer (§4.3); multiply by μ in the loss."""
@@ -454,7 +455,8 @@ class BuiltNetwork:
         gates, ranges = [], []
         for _, q in self.quantizers():
             gates += [p for p in (q.gate_logits, q.prune_logits) if p is not None]
-            ranges.append(q.beta)
+            if q.beta is not None:
+                ranges.append(q.beta)
         special = {id(p) for p in gates + ranges}
         weights = [p for p in self.parameters() if id(p) not in special]
         return {"weights": weights, "gates": gates, "ranges": ranges}

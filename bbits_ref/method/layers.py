@@ -5,6 +5,8 @@
   pruning, one pruning logit φ2 per output channel.  In training it samples one gate value per
   gate per forward pass from uniform noise it is given (§3.2); in evaluation it uses the
   deterministic test-time gates (§3.4).
+* :class:`LSQQuantizer`, :class:`PACTQuantizer`, :class:`DoReFaQuantizer` — the fixed-bit
+  baselines LSQ and PACT (§13), with the same interface (``BBConfig.quantizer``).
 * :class:`QConv2d`, :class:`QLinear` — conv / linear with a weight quantizer, optional ReLU and an
   activation quantizer after the ReLU (§6).  Biases are neither quantized nor gated.
 * :class:`QConv2dBN`, :class:`QLinearBN` — the same with batch norm folded into the quantized
@@ -26,10 +28,13 @@ from bbits_ref.method import gates as gates_mod
 from bbits_ref._errors import UsageError
 from bbits_ref.autograd.engine import Tensor
 from bbits_ref.autograd.nn import BatchNorm1d, BatchNorm2d, Conv2d, Linear, Module, Parameter, as_generator
+from bbits_ref.method.baselines import (BASELINE_QUANTIZERS, DOREFA_SCALES, PACT_ALPHA_INIT,
+                                        dorefa_weights, lsq_grad_scale, lsq_init_step,
+                                        lsq_quantize, pact_quantize)
 from bbits_ref.method.quantizer import CLIP_MODES, bb_quantize, check_bits, gates_for_bits, init_range
 
-__all__ = ["BBConfig", "GATE_PRESETS", "BBQuantizer", "QConv2d", "QLinear", "QConv2dBN",
-           "QLinearBN", "QuantizedLayer"]
+__all__ = ["BBConfig", "GATE_PRESETS", "BBQuantizer", "LSQQuantizer", "PACTQuantizer",
+           "DoReFaQuantizer", "QConv2d", "QLinear", "QConv2dBN", "QLinearBN", "QuantizedLayer"]
 
 #: Initial chain logits (φ4, φ8, φ16, φ32) of the official README runs (§3.1).
 GATE_PRESETS = {
@@ -75,6 +80,18 @@ class BBConfig:
         quantized tensor (§2.6).  False is a "break it" ablation: the quantized tensor gets the
         rounding's true derivative, zero almost everywhere, so no gradient reaches the weights
         (or earlier layers) through a quantizer; the ranges and gates keep their gradients.
+    quantizer : "bayesian_bits" (the method), or a learned-range fixed-bit baseline (§13):
+        "lsq" (weights and activations with a learned step size s) or "pact" (activations
+        clipped at a learned α, weights DoReFa).  The baselines need fixed bits without gates:
+        ``learn_bits=False``, ``pruning=False``, ``weight_bits`` and ``act_bits`` set.
+    io_bits : "8 in/out" (§13): the first and last layers' weights and the last layer's input
+        activation at this width, the other quantizers at ``weight_bits`` / ``act_bits``; needs
+        fixed bit widths.  The network input counts as 8 bits in the BOPs either way (§5).
+    pact_alpha_decay : λ of PACT's L2 penalty ½·λ·Σ α² on the clip levels, added to the loss
+        at every step whatever μ is (fixed-bit baselines train with μ = 0).
+    dorefa_scale : "init_max" (default): PACT networks multiply their DoReFa weights by the
+        constant max|w| at initialisation (networks without batch norm need it, §13);
+        "none": the paper's weights in [−1, 1].
     """
 
     # ``metadata`` describes the command-line flag (bbits_ref/cli/options.py derives it from here).
@@ -102,6 +119,18 @@ class BBConfig:
         "help": "the straight-through estimator: the rounding passes the gradient on to the "
                 "quantized tensor (switched off, no gradient reaches the weights through their "
                 "quantizers: a 'break it' ablation)"})
+    quantizer: str = field(default="bayesian_bits", metadata={
+        "help": "bayesian_bits (the method), or a fixed-bit baseline with a learned range: lsq "
+                "(learned step size) or pact (learned activation clip, DoReFa weights); the "
+                "baselines need --fixed-bits W/A", "choices": BASELINE_QUANTIZERS})
+    io_bits: int | None = field(default=None, metadata={
+        "help": "bits of the first and last layers' weights and of the last layer's input "
+                "('8 in/out'); needs fixed bit widths"})
+    pact_alpha_decay: float = field(default=2e-4, metadata={
+        "help": "λ of PACT's L2 penalty ½·λ·Σα² on its clip levels"})
+    dorefa_scale: str = field(default="init_max", metadata={
+        "help": "pact: DoReFa weights times max|w| at initialisation (init_max), or in [-1, 1] "
+                "as in the paper (none)", "choices": DOREFA_SCALES})
 
     def __post_init__(self) -> None:
         if isinstance(self.chain_init, str):
@@ -137,6 +166,7 @@ class BBConfig:
             for name in ("weight_bits", "act_bits"):
                 if getattr(self, name) is None:
                     raise UsageError(f"learn_bits=False needs fixed bit widths: set {name}")
+        self._check_baseline_settings()
         accepted = gates_mod.gate_option_names(self.gate)
         unknown = sorted(set(self.gate_options) - set(accepted))
         if unknown:
@@ -148,6 +178,33 @@ class BBConfig:
             gates_mod.make_gate(self.gate, **self.gate_options)   # validates the option values
         except (TypeError, ValueError) as exc:
             raise UsageError(f"invalid {self.gate} gate option: {exc}") from None
+
+    def _check_baseline_settings(self) -> None:
+        """``quantizer``, ``io_bits``, ``dorefa_scale`` and ``pact_alpha_decay`` (§13)."""
+        if self.quantizer not in BASELINE_QUANTIZERS:
+            raise UsageError(f"quantizer must be one of {', '.join(BASELINE_QUANTIZERS)}; got "
+                             f"{self.quantizer!r}", setting="quantizer")
+        fixed = self.quantize and not self.learn_bits
+        if self.quantizer != "bayesian_bits" and not (fixed and not self.pruning):
+            raise UsageError(f"the {self.quantizer} quantizer trains fixed bit widths without "
+                             "gates: add --fixed-bits W/A, e.g. --fixed-bits 4/4 "
+                             "(learn_bits=False, pruning=False, weight_bits and act_bits set)",
+                             setting="quantizer")
+        if self.io_bits is not None:
+            try:
+                check_bits(self.io_bits)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"io_bits: {exc}", setting="io_bits") from None
+            if not fixed:
+                raise UsageError("io_bits sets the bits of the first and last layers, so it needs "
+                                 "fixed bit widths: add --fixed-bits W/A (or --prune-only W/A)",
+                                 setting="io_bits")
+        if self.dorefa_scale not in DOREFA_SCALES:
+            raise UsageError(f"dorefa_scale must be one of {', '.join(DOREFA_SCALES)}; got "
+                             f"{self.dorefa_scale!r}", setting="dorefa_scale")
+        if not _is_finite_number(self.pact_alpha_decay) or self.pact_alpha_decay < 0:
+            raise UsageError(f"pact_alpha_decay must be a finite number ≥ 0; got "
+                             f"{self.pact_alpha_decay!r}", setting="pact_alpha_decay")
 
     @property
     def chain_logits(self) -> np.ndarray:
@@ -188,6 +245,9 @@ class BBQuantizer(Module):
     Parameters created: ``beta`` (range, lazily at the first forward), ``gate_logits`` (φ4, φ8,
     φ16, φ32; shape (4,)), ``prune_logits`` (φ2, shape (channels,), only with pruning).
     """
+
+    #: True: the quantizer learns a range parameter, kept in ``beta`` and created lazily.
+    has_range = True
 
     def __init__(self, kind: str, channels: int | None, config: BBConfig,
                  fixed_bits: int | None = None, dtype=np.float32) -> None:
@@ -319,6 +379,142 @@ class BBQuantizer(Module):
         return f"{self.kind}, channels={self.channels}, beta={beta}, gate={self.config.gate}"
 
 
+class LSQQuantizer(BBQuantizer):
+    """LSQ (§13): a fixed ``fixed_bits``-bit grid placed by a learned step size s per tensor.
+
+    Weights are signed (levels −2^(b−1) … 2^(b−1) − 1), activations (post-ReLU) unsigned
+    (0 … 2^b − 1), always 2^b levels.  s starts at 2·mean|v|/√Q_P of the first tensor seen (two
+    training images, for activations) and lives in the ``beta`` slot, the quantizer's learned
+    range parameter: it joins the "ranges" learning-rate group, checkpoints and readouts as β
+    does.  :attr:`step_size` names it.  Its gradient is scaled by g = 1/√(n·Q_P), n = the
+    weight tensor's elements or the activation's features per example.  Fixed bits only: no
+    gates, no pruning (the bit width is read from the fixed 0/1 chain, as for a uniform
+    Bayesian Bits baseline).
+    """
+
+    @property
+    def step_size(self) -> Parameter | None:
+        return self.beta
+
+    def initialize_range(self, x: np.ndarray) -> None:
+        """s ← 2·mean|x|/√Q_P and signed ← (this is a weight quantizer)."""
+        x = np.asarray(x)
+        signed = self.kind == "weight"
+        step = lsq_init_step(x, self.fixed_bits, signed)
+        if not step > 0:
+            raise ValueError(f"LSQ {self.kind} quantizer: the first tensor it saw is all zeros, "
+                             "so its step size s = 2·mean|x|/√Q_P would be 0. Initialise it "
+                             "with data that has non-zero values (e.g. two training images).")
+        if x.dtype.kind == "f":
+            self.dtype = x.dtype
+        self.beta = Parameter(np.array(step, dtype=self.dtype))
+        self.signed_flag = np.array(int(signed), dtype=np.int8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.beta is None:
+            self.initialize_range(x.data)
+        n = x.data.size if self.kind == "weight" else x.data.size // max(x.shape[0], 1)
+        scale = lsq_grad_scale(max(n, 1), self.fixed_bits, self.signed)
+        if not self.config.ste:
+            x = Tensor(x.data)
+        return lsq_quantize(x, self.beta, bits=self.fixed_bits, signed=self.signed,
+                            grad_scale=scale)
+
+    def extra_repr(self) -> str:
+        s = "lazy" if self.beta is None else f"{float(self.beta.data):.4g}"
+        return f"LSQ {self.kind}, bits={self.fixed_bits}, step_size={s}"
+
+
+class PACTQuantizer(BBQuantizer):
+    """PACT (§13) for a post-ReLU activation: clip at a learned α, then a fixed b-bit grid.
+
+    α starts at :data:`~bbits_ref.method.baselines.PACT_ALPHA_INIT` (10) and lives in the
+    ``beta`` slot (the "ranges" group, checkpoints, readouts); :attr:`clip_level` names it.
+    :meth:`alpha_penalty` is its L2 penalty ½·λ·α², λ = ``config.pact_alpha_decay``.
+    """
+
+    def __init__(self, kind: str, channels, config: BBConfig, fixed_bits=None,
+                 dtype=np.float32) -> None:
+        if kind != "activation":
+            raise ValueError("PACT quantizes activations; its networks quantize weights with "
+                             f"DoReFaQuantizer (got kind={kind!r})")
+        super().__init__(kind, channels, config, fixed_bits, dtype)
+
+    @property
+    def clip_level(self) -> Parameter | None:
+        return self.beta
+
+    def initialize_range(self, x: np.ndarray) -> None:
+        """α ← 10 (PACT's large start), unsigned; ``x`` only gives the dtype."""
+        x = np.asarray(x)
+        if x.dtype.kind == "f":
+            self.dtype = x.dtype
+        self.beta = Parameter(np.array(PACT_ALPHA_INIT, dtype=self.dtype))
+        self.signed_flag = np.array(0, dtype=np.int8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.beta is None:
+            self.initialize_range(x.data)
+        if not self.config.ste:
+            x = Tensor(x.data)
+        return pact_quantize(x, self.beta, bits=self.fixed_bits)
+
+    def alpha_penalty(self) -> Tensor:
+        """½·λ·α² (differentiable in α)."""
+        return self.beta * self.beta * (0.5 * self.config.pact_alpha_decay)
+
+    def extra_repr(self) -> str:
+        a = "lazy" if self.beta is None else f"{float(self.beta.data):.4g}"
+        return f"PACT activation, bits={self.fixed_bits}, alpha={a}"
+
+
+class DoReFaQuantizer(BBQuantizer):
+    """DoReFa weights (§13), the weight quantizer of PACT networks: nothing is learned.
+
+    2^b levels in [−1, 1] from tanh(w)/max|tanh(w)|, times the constant buffer ``weight_scale``
+    (``config.dorefa_scale``: max|w| of the first weight tensor seen, or 1).  No range parameter:
+    ``beta`` stays None.
+    """
+
+    has_range = False
+
+    def __init__(self, kind: str, channels, config: BBConfig, fixed_bits=None,
+                 dtype=np.float32) -> None:
+        if kind != "weight":
+            raise ValueError(f"DoReFa quantizes weights; PACT networks quantize activations with "
+                             f"PACTQuantizer (got kind={kind!r})")
+        super().__init__(kind, channels, config, fixed_bits, dtype)
+        self.signed_flag = np.array(1, dtype=np.int8)
+        self.register_buffer("weight_scale", np.array(0.0, dtype=dtype))   # 0: not set yet
+
+    def initialize_range(self, x: np.ndarray) -> None:
+        """``weight_scale`` ← max|x| ("init_max") or 1 ("none"); DoReFa learns no range."""
+        x = np.asarray(x)
+        scale = float(np.max(np.abs(x))) if self.config.dorefa_scale == "init_max" else 1.0
+        if not scale > 0:
+            raise ValueError("DoReFa weight quantizer: the weight tensor is all zeros, so its "
+                             "scale max|w| would be 0; initialise the weights first")
+        self.weight_scale = np.array(scale, dtype=x.dtype if x.dtype.kind == "f" else self.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not float(self.weight_scale) > 0:
+            self.initialize_range(x.data)
+        if not self.config.ste:
+            x = Tensor(x.data)
+        w_q = dorefa_weights(x, bits=self.fixed_bits)
+        scale = float(self.weight_scale)
+        return w_q if scale == 1.0 else w_q * scale
+
+    def extra_repr(self) -> str:
+        return f"DoReFa weight, bits={self.fixed_bits}, scale={float(self.weight_scale):.4g}"
+
+
+#: ``BBConfig.quantizer`` -> (weight quantizer class, activation quantizer class).
+QUANTIZER_CLASSES = {"bayesian_bits": (BBQuantizer, BBQuantizer),
+                     "lsq": (LSQQuantizer, LSQQuantizer),
+                     "pact": (DoReFaQuantizer, PACTQuantizer)}
+
+
 class QuantizedLayer(Module):
     """Shared machinery of the quantized conv/linear layers: quantizers, MACs, noise."""
 
@@ -330,9 +526,10 @@ class QuantizedLayer(Module):
         if not config.quantize:
             self.weight_quantizer = self.act_quantizer = None
             return
-        self.weight_quantizer = BBQuantizer("weight", out_channels if prune else None, config,
-                                            config.weight_bits, dtype)
-        self.act_quantizer = (BBQuantizer("activation", None, config, config.act_bits, dtype)
+        weight_cls, act_cls = QUANTIZER_CLASSES[config.quantizer]
+        self.weight_quantizer = weight_cls("weight", out_channels if prune else None, config,
+                                           config.weight_bits, dtype)
+        self.act_quantizer = (act_cls("activation", None, config, config.act_bits, dtype)
                               if act_quant else None)
 
     def quantize_weight(self, w: Tensor) -> Tensor:

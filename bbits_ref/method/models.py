@@ -16,7 +16,7 @@ from bbits_ref.method import architectures
 from bbits_ref.method.architectures import Architecture, BuiltNetwork, LayerSpec
 from bbits_ref.method.layers import BBConfig, QConv2d, QConv2dBN, QLinear, QLinearBN
 
-__all__ = ["BBNet", "build", "lenet5", "vgg7", "count_parameters"]
+__all__ = ["BBNet", "build", "lenet5", "vgg7", "count_parameters", "io_quantizer_names"]
 
 
 def _make_layer(spec: LayerSpec, kw: dict):
@@ -58,6 +58,10 @@ class BBNet(BuiltNetwork, Module):
         for spec in architecture.layers:
             setattr(self, spec.name, _make_layer(spec, kw))
         self._attach_macs()
+        if self.config.quantize and self.config.io_bits is not None:
+            quantizers = dict(self.quantizers())
+            for name in io_quantizer_names(architecture):
+                quantizers[name].fixed_bits = self.config.io_bits
 
     def _zero(self) -> Tensor:
         return Tensor(np.zeros((), dtype=np.float32))
@@ -90,6 +94,20 @@ class BBNet(BuiltNetwork, Module):
             self.forward(x, rng=rng)
         self.train(was_training)
 
+    def range_penalty(self) -> Tensor | None:
+        """PACT's L2 penalty on its clip levels, Σ ½·λ·α² (§13); None without PACT quantizers.
+
+        The trainer adds it to the loss at every step, whatever μ is.
+        """
+        terms = [q.alpha_penalty() for _, q in self.quantizers() if hasattr(q, "alpha_penalty")
+                 and q.beta is not None]
+        if not terms:
+            return None
+        total = terms[0]
+        for t in terms[1:]:
+            total = total + t
+        return total
+
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Load parameters and buffers, creating lazy ranges that the state provides."""
         for name, q in self.quantizers():
@@ -101,6 +119,16 @@ class BBNet(BuiltNetwork, Module):
 
     def extra_repr(self) -> str:
         return f"{self.name}, input {self.input_shape}"
+
+
+def io_quantizer_names(architecture: Architecture) -> list[str]:
+    """The quantizers that "8 in/out" (``BBConfig.io_bits``, §13) sets: the first and last
+    conv/linear layers' weight quantizers and the activation quantizer feeding the last layer."""
+    layers = architecture.quantized_layers()
+    names = [f"{layers[0].name}.weight_quantizer", f"{layers[-1].name}.weight_quantizer"]
+    if len(layers) > 1 and layers[-2].act_quant:
+        names.append(f"{layers[-2].name}.act_quantizer")
+    return list(dict.fromkeys(names))
 
 
 def _config(config: BBConfig | None, preset: str) -> BBConfig:

@@ -44,6 +44,9 @@ A gate whose value is exactly 0 switches its residual and every higher one off. 
 official code, they are then not computed at all, so the gradient with respect to that gate
 value is 0 rather than e_b + … (§2.5; forward values are identical either way).
 
+Other bit widths (e.g. 2, 3, 4, 6, 8, or a 1-bit first stage) are an option of
+:mod:`bbits_ref.method.decomposition` (§2.8); this module is the doubling chain only.
+
 Notebook: ``notebooks/02_quantization_decomposition.ipynb``.
 """
 from __future__ import annotations

@@ -27,8 +27,8 @@ from bbits_ref._errors import DataFileError, UsageError
 from bbits_ref.training import runs
 from bbits_ref.training.config import TrainConfig
 
-__all__ = ["ABLATIONS", "BASELINE_HELP", "ablation_changes", "bits_pair", "baseline_changes",
-           "baseline_config", "Member", "sweep_members", "MemberState", "member_state",
+__all__ = ["ABLATIONS", "BASELINE_HELP", "BASELINE_IO_BITS", "ablation_changes", "bits_pair",
+           "baseline_changes", "baseline_config", "Member", "sweep_members", "MemberState", "member_state",
            "config_differences", "setting_differences", "member_row", "sweep_table", "sweep_points", "pareto_front",
            "point_arrays",
            "format_sweep_table"]
@@ -45,8 +45,14 @@ ABLATIONS = {
 }
 _NEEDS_BITS = ("prune-only", "fixed-bits")
 
-BASELINE_HELP = ("wXaY (uniform fixed bits, e.g. w4a4), quant-only, prune-only-wXaY, fp32, "
-                 "independent-prior, no-hard-cut or no-ste")
+BASELINE_HELP = ("wXaY (uniform fixed bits, e.g. w4a4; wXaY-ioZ: first and last layers at Z "
+                 "bits, e.g. w4a4-io8), lsq-wXaY or pact-wXaY (learned-range baselines, 8 in/out "
+                 "unless -ioZ), quant-only, prune-only-wXaY, fp32, independent-prior, "
+                 "no-hard-cut or no-ste")
+
+#: Bit width of the first and last layers of the LSQ and PACT baselines unless the name says
+#: otherwise: "8 in/out", as in the authors' rebuttal (docs/method.md §13).
+BASELINE_IO_BITS = 8
 
 # Where the data comes from, not what is trained: a member is the same run with either value.
 _IGNORED_SETTINGS = ("data_dir", "download")
@@ -94,10 +100,17 @@ def baseline_changes(spec: str) -> dict:
               "no-ste": "no-ste"}
     if spec in simple:
         return ablation_changes(simple[spec])
-    m = re.fullmatch(r"(prune-only-)?w(\d+)a(\d+)", str(spec))
+    m = re.fullmatch(r"(?:(lsq|pact)-|(prune-only)-)?w(\d+)a(\d+)(?:-io(\d+))?", str(spec))
     if m is None:
         raise UsageError(f"unknown baseline {spec!r}: use {BASELINE_HELP}")
-    return ablation_changes("prune-only" if m[1] else "fixed-bits", (int(m[2]), int(m[3])))
+    quantizer, prune_only, w, a, io = m.groups()
+    changes = ablation_changes("prune-only" if prune_only else "fixed-bits", (int(w), int(a)))
+    if quantizer is not None:          # LSQ / PACT (§13): 8 in/out unless the name says
+        changes["quantizer"] = quantizer
+        io = BASELINE_IO_BITS if io is None else io
+    if io is not None:
+        changes["io_bits"] = int(io)
+    return changes
 
 
 def baseline_config(base: TrainConfig, spec: str) -> TrainConfig:

@@ -147,6 +147,11 @@ class Trainer:
         self.lr_changes: list[dict] = []     # learning-rate changes made at resume
         self._owns_out_dir = False           # True once out_dir is checked to be this run's
         self.started = time.time()
+        #: called as ``grad_hook(trainer)`` after each backward pass and before the update (the
+        #: NumPy engine's :meth:`train_step` only): the gradients are in the parameters' ``.grad``
+        #: and the parameters still hold the values they were computed at
+        #: (:mod:`bbits_ref.training.gate_trace` reads the gate gradients this way).
+        self.grad_hook = None
 
     # -- setup
     @property
@@ -228,7 +233,7 @@ class Trainer:
         return rec
 
     def train_step(self, xb: np.ndarray, yb: np.ndarray, mu: float):
-        """One optimizer step on a batch: fresh gate noise, CE + μ·R, backward, Adam.
+        """One optimizer step on a batch: fresh gate noise, CE + μ·R (+ PACT's α penalty), Adam.
 
         Returns ``(logits, ce, reg, loss)`` as tensors.  Raises :class:`TrainingDiverged` on a
         non-finite loss or gradient (before any parameter is changed), and on a non-finite
@@ -240,9 +245,14 @@ class Trainer:
         ce = ops.cross_entropy(logits, yb)
         reg = self.model.regularizer()
         loss = ce + mu * reg if mu else ce
+        penalty = self.model.range_penalty()      # PACT's ½·λ·Σα², whatever μ is (§13)
+        if penalty is not None:
+            loss = loss + penalty
         self._check_finite(float(loss.data), "loss")
         loss.backward()
         self._check_grads()
+        if self.grad_hook is not None:
+            self.grad_hook(self)
         self.optimizer.step()
         self._check_params()
         return logits, ce, reg, loss
