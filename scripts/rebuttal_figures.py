@@ -2,6 +2,7 @@
 
     python scripts/rebuttal_figures.py              # draw every figure from committed data
     python scripts/rebuttal_figures.py --trace      # first train the two gate traces (~8 min)
+    python scripts/rebuttal_figures.py --collect runs/pareto ...   # first commit sweep members
 
 * ``overregularization.png``: the independent prior against the autoregressive one (docs/method.md
   §4). Two LeNet-5 runs on the embedded MNIST subset, quick preset, μ = 0.1, seed 0, without the
@@ -11,6 +12,17 @@
   exist).
 * ``bit_width_evolution.png``: E_q[bit width] per quantizer over training for a small and a large
   μ (the committed course runs ``figures/course-runs/mu0.01`` and ``mu1``).
+* ``pareto_seeds.png``: the Pareto front with seeds, every μ and baseline at its mean ± std over
+  seeds 0–2 (:func:`bbits_ref.course.runs.pareto_seeds_table`).  Seed 0 of the μ sweep and the
+  ablations are the course runs; the other runs come from sweeps such as::
+
+      bbits-ref sweep --preset quick --mus 0.01,0.03,0.1,0.3,1 --seeds 1,2 --baseline quant-only \
+          --baseline prune-only-w8a8 --baseline w8a8 --baseline w4a4 --baseline w2a2 --out runs/pareto
+      bbits-ref sweep --preset quick --mus '' --seeds 0,1,2 --baseline lsq-w4a4 \
+          --baseline pact-w4a4 --baseline w4a4-io8 --out runs/pareto-io8
+
+  whose finished members ``--collect`` copies (``config.json``, ``summary.json``) into
+  ``pareto-seeds/``, refusing to replace a member that is there with other contents.
 
 Nothing else is trained; only JSON files are read.  Run from a checkout.
 """
@@ -48,6 +60,29 @@ def trace(out: Path, mu: float = 0.1, seed: int = 0, every: int = 2) -> list[Pat
     return paths
 
 
+def collect(sweeps, out: Path) -> list[Path]:
+    """Copy the finished members of the sweep folders ``sweeps`` into ``out/pareto-seeds``."""
+    import shutil
+    written = []
+    target = out / "pareto-seeds"
+    for sweep in map(Path, sweeps):
+        table = json.loads((sweep / "sweep.json").read_text())
+        for row in table["runs"]:
+            if row.get("status") != "done":
+                continue
+            dest = target / row["member"]
+            for name in ("config.json", "summary.json"):
+                src = sweep / row["member"] / name
+                if (dest / name).exists():
+                    if (dest / name).read_bytes() != src.read_bytes():
+                        raise FileExistsError(f"{dest / name} holds another run: move it away")
+                    continue
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dest / name)
+                written.append(dest / name)
+    return written
+
+
 def draw(out: Path, figures_root: Path, dpi: float = 100) -> list[Path]:
     """Draw the figures from the committed traces and runs."""
     from matplotlib.figure import Figure
@@ -64,6 +99,14 @@ def draw(out: Path, figures_root: Path, dpi: float = 100) -> list[Path]:
     fig = Figure(figsize=(10.4, 3.8), layout="constrained")
     plot_bit_evolution(histories, fig=fig)
     written.append(save_figure(fig, out / "bit_width_evolution.png", dpi))
+    from bbits_ref.course.runs import pareto_seeds_table
+    from bbits_ref.plotting import plot_pareto_groups
+    from bbits_ref.training.experiments import format_sweep_table
+    table = pareto_seeds_table(figures_root)
+    print(format_sweep_table(table))
+    fig = Figure(figsize=(7.0, 4.6), layout="constrained")
+    plot_pareto_groups(table["groups"], ax=fig.add_subplot())
+    written.append(save_figure(fig, out / "pareto_seeds.png", dpi))
     return written
 
 
@@ -72,11 +115,16 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=OUT, help=f"folder (default {OUT})")
     parser.add_argument("--trace", action="store_true", help="train the two gate traces first")
+    parser.add_argument("--collect", nargs="+", type=Path, metavar="SWEEP_DIR",
+                        help="first copy the finished members of these sweeps into pareto-seeds/")
     parser.add_argument("--dpi", type=float, default=100)
     args = parser.parse_args(argv)
     try:
         if args.trace:
             trace(args.out)
+        if args.collect:
+            for path in collect(args.collect, args.out):
+                print(f"wrote {path}")
         for path in draw(args.out, REPO_ROOT / "figures", args.dpi):
             print(f"wrote {path}")
     except (FileNotFoundError, FileExistsError, ValueError) as exc:

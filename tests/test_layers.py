@@ -7,8 +7,8 @@ ranks only; two groups of one layer may not import each other.  :data:`LAYERS` h
 0     ``bbits_ref._errors``, ``_version`` < ``_files``, ``_runtime``
 1     ``bbits_ref.autograd`` (engine < ops < nn, gradcheck_cases < optim, gradcheck) and
       ``bbits_ref.datasets`` (only layer 0)
-2     ``bbits_ref.method`` (constants < architectures, quantizer, gates < prior < bops < layers <
-      models < readout)
+2     ``bbits_ref.method`` (constants < architectures, quantizer, gates < prior, decomposition <
+      bops, baselines < layers < models < readout)
 3     ``bbits_ref.torch_impl`` (may import method, not training)
 4     ``bbits_ref.training``
 5     ``bbits_ref.plotting``

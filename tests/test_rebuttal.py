@@ -66,14 +66,15 @@ def test_traces_that_differ_in_more_than_the_prior_are_refused(tmp_path):
         runs.gate_traces(tmp_path)
 
 
-def test_script_draws_both_figures(tmp_path):
+def test_script_draws_every_figure(tmp_path):
     script = _script()
     out = tmp_path / "rebuttal"
     out.mkdir()
     for prior in script.PRIORS:
         shutil.copy(script.trace_path(script.OUT, prior), out)
     written = script.draw(out, REPO / "figures")
-    assert [p.name for p in written] == ["overregularization.png", "bit_width_evolution.png"]
+    assert [p.name for p in written] == ["overregularization.png", "bit_width_evolution.png",
+                                         "pareto_seeds.png"]
     for p in written:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size < 150_000
 
@@ -84,3 +85,67 @@ def test_script_refuses_to_replace_traces(tmp_path, capsys):
     assert script.main(["--out", str(tmp_path), "--trace"]) == 1
     assert "move them away" in capsys.readouterr().err
     assert (tmp_path / "overregularization-autoregressive.json").read_text() == "{}"
+
+
+# ----------------------------------------------------------------------------- Pareto with seeds
+def test_pareto_seed_runs_are_the_course_recipe_with_their_seeds():
+    rows = runs.pareto_seed_rows()
+    labels = {r["label"] for r in rows}
+    assert set(runs.SWEEP) <= labels
+    assert {"lsq-w4a4", "pact-w4a4", "quant-only", "w2a2"} <= labels
+    for r in rows:
+        assert r["status"] == "done" and 0 < r["test_accuracy"] <= 1
+        assert r["member"] == f"{r['label']}-seed{r['seed']}"
+    # seed 0 of the μ sweep is the course run itself
+    course = runs.course_run("mu0.1")
+    row = next(r for r in rows if r["member"] == "mu0.1-seed0")
+    assert row["test_accuracy"] == course.test_accuracy
+    table = runs.pareto_seeds_table()
+    groups = {g["label"]: g for g in table["groups"]}
+    assert max(g["n"] for g in groups.values()) >= 2
+    # LSQ and PACT at 4/4 with 8-bit first and last layers: the BOPs of that uniform network
+    assert groups["lsq-w4a4"]["relative_bops_mean"] == pytest.approx(2.0743, abs=1e-4)
+
+
+def _copy_seeds(tmp_path):
+    root = tmp_path / "figures"
+    shutil.copytree(runs.figures_dir() / runs.COURSE_RUNS, root / runs.COURSE_RUNS)
+    shutil.copytree(runs.figures_dir() / runs.PARETO_SEEDS, root / runs.PARETO_SEEDS)
+    return root
+
+
+def test_a_pareto_seed_run_with_another_recipe_is_refused(tmp_path):
+    root = _copy_seeds(tmp_path)
+    member = sorted((root / runs.PARETO_SEEDS).iterdir())[0]
+    config = json.loads((member / "config.json").read_text())
+    config["epochs"] = 3
+    (member / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataFileError, match=f"{member.name}.*epochs"):
+        runs.pareto_seed_rows(root)
+
+
+@pytest.mark.parametrize("name", ["mu0.1-seed0", "w5a5-seed1", "notes"])
+def test_foreign_folders_in_pareto_seeds_are_refused(tmp_path, name):
+    root = _copy_seeds(tmp_path)
+    member = sorted((root / runs.PARETO_SEEDS).iterdir())[0]
+    shutil.copytree(member, root / runs.PARETO_SEEDS / name)
+    with pytest.raises(DataFileError):
+        runs.pareto_seed_rows(root)
+
+
+def test_collect_copies_finished_members_and_keeps_what_is_there(tmp_path):
+    script = _script()
+    sweep = tmp_path / "sweep"
+    member = sorted((runs.figures_dir() / runs.PARETO_SEEDS).iterdir())[0]
+    shutil.copytree(member, sweep / member.name)
+    (sweep / "sweep.json").write_text(json.dumps({"runs": [
+        {"member": member.name, "status": "done"}, {"member": "mu1-seed9", "status": "failed"}]}))
+    out = tmp_path / "out"
+    written = script.collect([sweep], out)
+    assert sorted(p.name for p in written) == ["config.json", "summary.json"]
+    assert script.collect([sweep], out) == []                      # the same files: nothing to do
+    (sweep / member.name / "summary.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="another run"):
+        script.collect([sweep], out)
+    assert (out / "pareto-seeds" / member.name / "summary.json").read_bytes() == \
+        (member / "summary.json").read_bytes()

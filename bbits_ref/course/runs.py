@@ -10,6 +10,9 @@ checkpoint):
   preset (15 epochs, gate learning rate 1e-2), a μ sweep (:data:`SWEEP`) and the ablations and
   baselines of :mod:`bbits_ref.training.experiments` at μ = 0.1 (:data:`ABLATION_RUNS`):
   :func:`course_run`, :func:`course_runs`;
+* ``figures/rebuttal/pareto-seeds/<label>-seed<s>/``: the same recipe for seeds 1 and 2 of the μ
+  sweep and the ablations, and seeds 0–2 of the 8 in/out baselines (LSQ, PACT, uniform w4a4),
+  ``config.json`` and ``summary.json`` only: :func:`pareto_seed_rows`, :func:`pareto_seeds_table`;
 * ``figures/rebuttal/overregularization-<prior>.json``: gate traces of two such runs without the
   hard cut, autoregressive against independent prior (:mod:`bbits_ref.training.gate_trace`):
   :func:`gate_traces`.
@@ -34,7 +37,8 @@ from bbits_ref.training.runs import read_json
 
 __all__ = ["PAPER_RUN", "COURSE_RUNS", "SWEEP", "ABLATION_RUNS", "CommittedRun", "figures_dir",
            "load_run", "paper_run", "course_run", "course_runs", "sweep_members", "sweep_table",
-           "REBUTTAL", "TRACE_PRIORS", "gate_traces"]
+           "REBUTTAL", "TRACE_PRIORS", "gate_traces", "PARETO_SEEDS", "PARETO_BASELINES",
+           "pareto_seed_rows", "pareto_seeds_table"]
 
 #: The folder (under figures/) of the 100-epoch full-MNIST run that matches the paper.
 PAPER_RUN = "mnist-lenet5-e100"
@@ -49,7 +53,13 @@ ABLATION_RUNS = ("quant-only", "prune-only-w8a8", "w8a8", "w4a4", "w2a2", "no-ha
 REBUTTAL = "rebuttal"
 #: The priors of the committed gate traces, in the order they are drawn.
 TRACE_PRIORS = ("autoregressive", "independent")
+#: The folder (under figures/) of the extra seeds of the Pareto front with seeds.
+PARETO_SEEDS = "rebuttal/pareto-seeds"
+#: The baselines on the Pareto front with seeds (names of experiments.baseline_changes).
+PARETO_BASELINES = ("quant-only", "prune-only-w8a8", "w8a8", "w4a4", "w2a2", "w4a4-io8",
+                    "lsq-w4a4", "pact-w4a4")
 _FILES = ("config.json", "history.json", "summary.json")
+_MEMBER = re.compile(r"^(?P<label>[A-Za-z0-9][A-Za-z0-9._-]*)-seed(?P<seed>[0-9]+)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
@@ -226,3 +236,62 @@ def gate_traces(root=None) -> dict:
         raise DataFileError(f"{folder}: the committed gate traces should differ in the prior only; "
                             f"they differ in {', '.join(sorted(differ)) or 'nothing'}")
     return traces
+
+
+def _expected_config(base: TrainConfig, label: str, seed: int) -> TrainConfig:
+    """The quick recipe ``base`` turned into the μ-sweep run or baseline ``label``, ``seed``."""
+    if label in SWEEP:
+        return base.replace(mu=float(label[2:]), seed=seed)
+    return experiments.baseline_config(base, label).replace(seed=seed)
+
+
+def pareto_seed_rows(root=None) -> list:
+    """Every run of the Pareto front with seeds, as rows of :func:`experiments.sweep_table`.
+
+    Seed 0 of the μ sweep and of the ablations in :data:`PARETO_BASELINES` are the course runs
+    (figures/course-runs); the other members are read from figures/rebuttal/pareto-seeds
+    (``<label>-seed<s>/config.json`` and ``summary.json``), and each is checked to be the course's
+    quick recipe with its μ or baseline and its seed (a DataFileError names the first that is
+    not).
+    """
+    course = course_runs(SWEEP + tuple(b for b in PARETO_BASELINES if b in ABLATION_RUNS), root)
+    base = course["mu0.1"].config
+    rows = [experiments.member_row(experiments.Member(f"{name}-seed0", name, run.kind, run.config),
+                                   run.summary) for name, run in course.items()]
+    folder = figures_dir(root) / PARETO_SEEDS
+    if not folder.is_dir():
+        raise DataFileError(f"no folder {folder}: the extra seeds of the Pareto front are "
+                            "committed there (python scripts/rebuttal_figures.py --collect)")
+    seen = {r["member"] for r in rows}
+    for member in sorted(p for p in folder.iterdir()):
+        m = _MEMBER.match(member.name)
+        if not member.is_dir() or m is None or not (m["label"] in SWEEP
+                                                    or m["label"] in PARETO_BASELINES):
+            raise DataFileError(f"{member}: not a member of the Pareto front with seeds (expected "
+                                "a folder <label>-seed<s> for a μ of the sweep or one of "
+                                f"{', '.join(PARETO_BASELINES)})")
+        if member.name in seen:
+            raise DataFileError(f"{member}: seed 0 of this run is the course run; remove it")
+        label, seed = m["label"], int(m["seed"])
+        try:
+            config = TrainConfig.from_dict(read_json(member / "config.json", "run file"))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise DataFileError(f"{member / 'config.json'} is not a run configuration: "
+                                f"{str(exc)[:100]}") from None
+        differ = experiments.config_differences(config.to_dict(),
+                                                _expected_config(base, label, seed).to_dict())
+        if differ:
+            raise DataFileError(f"{member}: not the quick recipe of {label} with seed {seed}; it "
+                                f"differs in {', '.join(differ)}")
+        summary = _check_summary(read_json(member / "summary.json", "run file"),
+                                 member / "summary.json")
+        kind = "bb" if label in SWEEP else "baseline"
+        rows.append(experiments.member_row(experiments.Member(member.name, label, kind, config),
+                                           summary))
+    return rows
+
+
+def pareto_seeds_table(root=None) -> dict:
+    """:func:`experiments.sweep_table` of :func:`pareto_seed_rows`: per μ and baseline, the mean
+    and standard deviation over the seeds, and the Pareto front of the μ sweep's means."""
+    return experiments.sweep_table(pareto_seed_rows(root))

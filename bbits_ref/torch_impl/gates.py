@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from bbits_ref.method.constants import (GATE_KINDS, HARD_CUT_LOGIT, HC_GAMMA, HC_TEMPERATURE,
                                         HC_THRESHOLD, HC_ZETA, NOISE_CLAMP)
@@ -122,11 +123,33 @@ def hard_concrete_sample(logits: torch.Tensor, u=None, *, generator=None,
     """
     logits = _check_logits(logits)
     temperature = _check_temperature(temperature)
-    dt = logits.dtype
-    s = torch.sigmoid((_logistic_noise(u, logits, generator) + logits) / _const(temperature, dt))
-    stretched = s * _const(HC_ZETA - HC_GAMMA, dt) + _const(HC_GAMMA, dt)
-    inside = (stretched > 0) & (stretched < 1)
-    return torch.where(inside, stretched, stretched.detach().clamp(0, 1))
+    return _HardConcrete.apply(logits, _logistic_noise(u, logits, generator), temperature)
+
+
+class _HardConcrete(torch.autograd.Function):
+    """The hard-concrete sample as one node of the graph (a training step samples ~10 gate
+    tensors; autograd through their ~8 small operations each costs more than the rest of a
+    small quantizer).  Forward and backward are the operations autograd would run, in its
+    order, so values and gradients are the same."""
+
+    @staticmethod
+    def forward(ctx, logits, noise, temperature):
+        dt = logits.dtype
+        s = torch.sigmoid((noise.detach() + logits.detach()) / _const(temperature, dt))
+        stretched = s * _const(HC_ZETA - HC_GAMMA, dt) + _const(HC_GAMMA, dt)
+        inside = (stretched > 0) & (stretched < 1)
+        ctx.temperature = temperature
+        ctx.save_for_backward(s, inside)
+        return torch.where(inside, stretched, stretched.clamp(0, 1))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        s, inside = ctx.saved_tensors
+        dt = s.dtype
+        g = torch.where(inside, g, g.new_zeros(())) * _const(HC_ZETA - HC_GAMMA, dt)
+        g = g * (1 - s) * s                               # sigmoid's derivative s(1 − s)
+        return g / _const(ctx.temperature, dt), None, None
 
 
 def gumbel_softmax_sample(logits: torch.Tensor, u=None, *, generator=None,

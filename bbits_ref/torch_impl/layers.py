@@ -26,7 +26,8 @@ from bbits_ref.method.architectures import LayerSpec
 from bbits_ref.method.layers import BBConfig
 from bbits_ref.torch_impl import gates as gates_mod
 from bbits_ref.torch_impl.prior import bop_regularizer, independent_regularizer
-from bbits_ref.torch_impl.quantizer import bb_quantize, gates_for_bits
+from bbits_ref.torch_impl.quantizer import (bb_quantize, bb_quantize_maxpool, gates_for_bits,
+                                             max_pool_first)
 
 __all__ = ["BBQuantizer", "QuantizedLayer", "QConv2d", "QLinear", "QConv2dBN", "QLinearBN",
            "MaxPool2d", "as_generator", "NUMPY_DTYPES"]
@@ -160,11 +161,18 @@ class BBQuantizer(nn.Module):
             chain = [v or None for v in self.deterministic_chain().tolist()]
         return (z2, *chain)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pool: int = 0) -> torch.Tensor:
+        """x_q; with ``pool`` = k, the k×k max-pooling (stride k) of x_q instead, fused where
+        it can be (no pruning gate, H and W multiples of k:
+        :func:`~.quantizer.bb_quantize_maxpool`)."""
         if self.beta is None:
             self.initialize_range(x.detach())
-        return bb_quantize(x, self.beta, *self.gate_values(), signed=self.signed,
-                           clip=self.config.clip)
+        z2, *chain = self.gate_values()
+        if pool and z2 is None and x.ndim == 4 and not (x.shape[2] % pool or x.shape[3] % pool):
+            return bb_quantize_maxpool(x, self.beta, *chain, signed=self.signed,
+                                       kernel_size=pool, clip=self.config.clip)
+        x_q = bb_quantize(x, self.beta, z2, *chain, signed=self.signed, clip=self.config.clip)
+        return _MaxPool.apply(x_q, pool) if pool else x_q
 
     # -- prior
     def chain_probs(self) -> torch.Tensor:
@@ -256,6 +264,9 @@ class QuantizedLayer(nn.Module):
     #: The quantized weight computed once for a whole evaluation (``models.cached_weights``);
     #: None: quantize at every forward.
     cached_weight: torch.Tensor | None = None
+    #: k > 0 while the network's forward runs the k×k max-pooling that follows this layer
+    #: inside it (fused with the activation quantizer, ``BBNet._run_layers``); 0: no pooling.
+    fused_pool: int = 0
 
     def quantize_weight(self, w: torch.Tensor) -> torch.Tensor:
         if self.cached_weight is not None:
@@ -271,11 +282,18 @@ class QuantizedLayer(nn.Module):
 
         An initialised unsigned quantizer starts with relu(x − 0), so a ReLU right before it
         changes no value and no gradient (its mask is part of the quantizer's): it is skipped.
+        With ``fused_pool`` = k, the max-pooling after the layer follows, fused with the
+        quantizer (:meth:`BBQuantizer.forward`).  The output is in the default memory layout
+        (a channels-last input, ``models._cpu_channels_last``, stays within the layer).
         """
         q = self.act_quantizer
         if self.relu and (q is None or q.signed is not False):
             y = torch.relu(y)
-        return y if q is None else q(y)
+        if q is None:
+            y = _MaxPool.apply(y, self.fused_pool) if self.fused_pool else y
+        else:
+            y = q(y, pool=self.fused_pool)
+        return y.contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.finish(self._op(x, self.quantize_weight(self.weight), self.bias))
@@ -360,35 +378,14 @@ class QLinearBN(_FoldedBN, QLinear):
 
 
 class _MaxPool(torch.autograd.Function):
-    """Non-overlapping k×k max-pooling from k² strided taps; the gradient goes to the first
-    maximum of each window in row-major order (as the reference and ``torch.max_pool2d``).
-    For finite inputs (quantized activations are).
-
-    The forward also finds each window's winner (a later tap wins only if strictly greater,
-    so ties go to the first): its offset in the window as a float code, from arithmetic
-    (``tap − max > 0``: comparisons of strided taps are several times slower on the CPU), and
-    from it the flat index in the H×W plane.  The backward scatters the gradient to those
-    indices: one pass, no mask per tap.
-    """
+    """Non-overlapping k×k max-pooling (:func:`~.quantizer.max_pool_first`); the gradient goes
+    to the first maximum of each window in row-major order (as the reference and
+    ``torch.max_pool2d``).  The backward scatters the gradient to the winners' indices: one
+    pass, no mask per tap."""
 
     @staticmethod
     def forward(ctx, x, k):
-        h, w = x.shape[2:]
-        ho, wo = h // k, w // k
-        offsets = [i * w + j for i in range(k) for j in range(k)]
-        taps = [x[:, :, i:i + k * ho:k, j:j + k * wo:k] for i in range(k) for j in range(k)]
-        out = taps[0].clone()
-        code = torch.zeros_like(out)            # offset of the winner (0: the first tap)
-        better = torch.empty_like(out)
-        for tap, offset in zip(taps[1:], offsets[1:]):
-            # 1[tap > max so far]·offset; offsets increase with the tap, so the running
-            # maximum of these is the offset of the last tap that beat every earlier one
-            torch.sub(tap, out, out=better).gt_(0).mul_(offset)
-            torch.maximum(code, better, out=code)
-            torch.maximum(out, tap, out=out)
-        corner = (torch.arange(ho, device=x.device) * (k * w)).view(-1, 1) \
-            + torch.arange(wo, device=x.device) * k       # each window's top-left index
-        index = code.to(torch.int64).add_(corner)
+        out, index = max_pool_first(x, k)
         ctx.input_shape = x.shape
         ctx.save_for_backward(index)
         return out
@@ -410,9 +407,10 @@ class MaxPool2d(nn.Module):
     def __init__(self, kernel_size: int = 2) -> None:
         super().__init__()
         self.kernel_size = int(kernel_size)
+        self.fused = False      # True while the layer before pools (``BBNet._run_layers``)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _MaxPool.apply(x, self.kernel_size)
+        return x if self.fused else _MaxPool.apply(x, self.kernel_size)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}"

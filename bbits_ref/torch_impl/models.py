@@ -14,9 +14,12 @@ ways (:mod:`.state`).  Configuration is a :class:`bbits_ref.method.layers.BBConf
   :meth:`BBNet.initialize` with two training images before building optimizers (§7.3).
 * ``LeNet5(rng=seed)`` draws its initial weights exactly as the reference's
   ``lenet5(rng=seed)`` does (NumPy, PyTorch's default init distribution, in layer order).
-* For speed on the CPU, and without changing any value or gradient: max-pooling is computed
-  from strided taps (:class:`~.layers.MaxPool2d`), and the ReLU before an (unsigned)
-  activation quantizer is folded into the quantizer's own clip.
+* For speed, without changing any value or input gradient: the ReLU before an (unsigned)
+  activation quantizer is folded into the quantizer's own clip; an activation quantizer that
+  a max-pooling follows runs fused with it (:func:`~.quantizer.bb_quantize_maxpool`: its
+  backward runs on the pooled winners only, so its β and gate gradients are the same sums
+  over fewer terms); on the CPU a one-channel input runs its first layer channels-last
+  (faster convolution and pooling; that convolution's float rounding may differ).
 """
 from __future__ import annotations
 
@@ -66,6 +69,22 @@ def _check_dtype(dtype) -> torch.dtype:
     if dtype not in NUMPY_DTYPES:
         raise TypeError(f"dtype must be torch.float32 (default) or torch.float64; got {dtype!r}")
     return dtype
+
+
+def _cpu_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """A one-channel image batch on the CPU stored channels-last (strides (H·W, 1, W, 1)), which
+    ``.contiguous(memory_format=...)`` does not do for a single channel.
+
+    The first convolution then runs channels-last (with one input channel oneDNN's
+    default-layout kernel is several times slower) and so do its activation quantizer and
+    max-pooling (:func:`~.quantizer.bb_quantize_maxpool`); the layer hands on its output in the
+    default layout (:meth:`~.layers.QuantizedLayer.finish`).  Same values, up to the float
+    rounding of that convolution."""
+    if x.ndim != 4 or x.shape[1] != 1 or x.device.type != "cpu":
+        return x
+    n, c, h, w = x.shape
+    out = torch.empty_strided(tuple(x.shape), (h * w, 1, w, 1), dtype=x.dtype)
+    return out.copy_(x)
 
 
 class BBNet(BuiltNetwork, nn.Module):
@@ -120,7 +139,22 @@ class BBNet(BuiltNetwork, nn.Module):
             p = next(self.parameters())
             x = torch.as_tensor(np.asarray(x), dtype=p.dtype, device=p.device)
         self.architecture.check_input(tuple(x.shape))
-        return self._run_layers(x, noise, generator, "generator= (a torch.Generator)")
+        return self._run_layers(_cpu_channels_last(x), noise, generator,
+                                "generator= (a torch.Generator)")
+
+    def _run_layers(self, x, noise, source, source_hint: str):
+        """The reference's loop over the layers, with every conv/linear layer that a max-pooling
+        follows running that pooling itself, fused with its activation quantizer (same values
+        and input gradients; the quantizer's backward then runs on the pooled winners only)."""
+        pairs = [(m, nxt) for (_, m), (_, nxt) in zip(self.layers(), self.layers()[1:])
+                 if isinstance(nxt, MaxPool2d) and hasattr(m, "fused_pool")]
+        try:
+            for m, pool in pairs:
+                m.fused_pool, pool.fused = pool.kernel_size, True
+            return super()._run_layers(x, noise, source, source_hint)
+        finally:
+            for m, pool in pairs:
+                m.fused_pool, pool.fused = 0, False
 
     @torch.no_grad()
     def initialize(self, x, noise: dict | None = None,

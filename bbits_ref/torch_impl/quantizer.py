@@ -30,6 +30,10 @@ residuals block by block from x instead of storing them::
 Sums are float32 dot products per block of 65,536 values, the block totals added in float64
 (as the reference does): within ~1e−7 of the float32 reference's sums.  :func:`round_ste` is
 the straight-through rounding on its own.
+
+:func:`bb_quantize_maxpool` is the quantizer followed by k×k max-pooling in one function: only
+each window's winner gets a gradient, so its backward runs on the winners alone.  Both work on
+a tensor in its own memory layout (default or channels-last) and keep it.
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ from torch.autograd.function import once_differentiable
 from bbits_ref.method.constants import BIT_WIDTHS, CLIP_EPS, CLIP_MODES, STEP_DIVISORS
 
 __all__ = ["CLIP_EPS", "CLIP_MODES", "GATE_NAMES", "round_ste", "clip_range", "step_sizes",
-           "gates_for_bits", "bb_quantize", "fixed_quantize"]
+           "gates_for_bits", "bb_quantize", "bb_quantize_maxpool", "fixed_quantize"]
 
 GATE_NAMES = ("z4", "z8", "z16", "z32")
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
@@ -129,10 +133,16 @@ class _Plan:
 
     def __init__(self, x, beta, gates, signed, clip):
         np_type = _NUMPY_DTYPES[x.dtype]
-        beta_t = _scalar_beta(beta, x.dtype)                # β rounded to x's dtype
-        lo, hi = clip_range(beta_t, signed)
+        # the scalars as clip_range and step_sizes compute them, in NumPy scalars of x's dtype
+        # (the same IEEE operations, without a dozen 0-d tensor operations per quantizer)
+        b = np_type(beta.detach().reshape(()).item() if isinstance(beta, torch.Tensor)
+                    else float(beta))                       # β rounded to x's dtype
+        hi = np_type(1 - CLIP_EPS) * b
+        lo = -hi if signed else np_type(0.0)
+        steps = [(b - (-b if signed else np_type(0.0))) / np_type(3.0)]
+        for divisor in STEP_DIVISORS:
+            steps.append(steps[-1] / np_type(divisor))
         self.lo, self.hl, self.clip = float(lo), float(hi - lo), clip
-        steps = step_sizes(beta_t, signed)
         self.gates = [None if z is None else _tensor_scalar(z, np_type) for z in gates]
         self.depth = 0                                      # residuals computed: stop at a 0 gate
         while (self.depth < 4 and self.gates[self.depth] is not None
@@ -152,6 +162,15 @@ class _Plan:
 
     def release(self) -> None:
         """Free the scratch buffers (between the forward and the backward)."""
+        self.scratch = None
+
+    def resize(self, size: int, block: int | None = None) -> None:
+        """Work on ``size`` values from now on, in blocks of ``block`` (default: the device's
+        block), with fresh scratch buffers."""
+        self.size = size
+        if block is None:
+            block = min(size, _CPU_BLOCK) if self.like["device"].type == "cpu" else size
+        self.block = max(1, block)
         self.scratch = None
 
     def blocks(self):
@@ -210,23 +229,41 @@ def _sum(parts: list, like: torch.Tensor) -> torch.Tensor:
     return torch.stack(parts).to(torch.float64).sum().to(like.dtype)
 
 
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """The memory format x is dense in: channels-last for a 4-d tensor stored that way (as the
+    network keeps its activations on the CPU, :meth:`~.models.BBNet.forward`), else the
+    default; the quantizer works on the values in that memory order and keeps the format."""
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _memory(x: torch.Tensor) -> torch.Tensor:
+    """A 1-d view of a tensor dense in :func:`_layout` ``(x)``, in memory order."""
+    if _layout(x) is torch.channels_last:
+        return x.permute(0, 2, 3, 1).view(-1)
+    return x.view(-1)
+
+
 class _BBQuantize(torch.autograd.Function):
     """x_q = z2 ⊙ (A2 + z4·(e4 + …)) with the closed-form gradients of §2.6.
 
     The forward stores nothing but x (which the layer before keeps anyway); the backward
-    recomputes each block's clip mask and residuals and reduces them at once.
+    recomputes each block's clip mask and residuals and reduces them at once.  x_q and ∂L/∂x
+    keep x's memory format (:func:`_layout`).
     """
 
     @staticmethod
     def forward(ctx, x, beta, z2b, z4, z8, z16, z32, signed, clip, channel_dims):
-        x = x.detach().contiguous()
+        x = x.detach()
+        x = x.contiguous(memory_format=_layout(x))
         plan = _Plan(x, beta, (z4, z8, z16, z32), signed, clip)
-        flat = x.reshape(-1)
-        tail0 = torch.empty_like(flat)
+        flat = _memory(x)
+        x_q = torch.empty_like(x)                           # same memory format as x
+        tail0 = _memory(x_q)
         for s in plan.blocks():
             plan.run(flat[s], tail0[s])
         plan.release()
-        x_q = tail0.reshape(x.shape)
         if z2b is not None:
             x_q = x_q * z2b
         ctx.plan, ctx.channel_dims = plan, channel_dims
@@ -238,45 +275,152 @@ class _BBQuantize(torch.autograd.Function):
     def backward(ctx, g):
         x, z2b, beta = ctx.saved_tensors
         plan, need = ctx.plan, ctx.needs_input_grad
-        g = g.contiguous()
-        gz = g if z2b is None else g * z2b                  # g·z2
-        gz_flat = gz.reshape(-1)
-        grad_x = torch.empty_like(gz_flat) if need[0] else None
-        tail0 = torch.empty_like(gz_flat) if need[2] else None
-        levels = [lv for lv in range(1, 5) if need[2 + lv] and lv <= plan.depth]
-        beta_parts, gate_parts = [], {lv: [] for lv in levels}
-        for s in plan.blocks():
-            x_c, inside, tails = plan.run(x.reshape(-1)[s], None if tail0 is None else tail0[s],
-                                          masks=True)
-            gz_s = gz_flat[s]
-            if grad_x is not None:                          # g·z2·1[lo < x < hi]
-                torch.mul(gz_s, inside, out=grad_x[s])
-            if need[1]:                                     # Σ g·z2·(tail0 − x_c·inside)
-                x_c.mul_(inside)
-                beta_parts.append(torch.dot(gz_s, torch.sub(tails[0], x_c, out=x_c)))
-            for lv in levels:                               # Σ g·z2·tail_b
-                gate_parts[lv].append(torch.dot(gz_s, tails[lv]))
-        plan.release()
-        grad_beta = grad_z2 = None
-        if need[1]:
-            grad_beta = (_sum(beta_parts, g) / beta.detach()).to(beta.dtype)
-            grad_beta = grad_beta.expand(beta.shape).clone()
+        layout = _layout(x)
+        g = g.contiguous(memory_format=layout)
+        gz = g if z2b is None else (g * z2b).contiguous(memory_format=layout)   # g·z2
+        grad_x = torch.empty_like(x) if need[0] else None  # x's memory format
+        tail0 = torch.empty_like(x) if need[2] else None
+        grad_beta, grad_gates = _closed_form_grads(
+            plan, _memory(x), _memory(gz), beta, None if grad_x is None else _memory(grad_x),
+            need[1], None if tail0 is None else _memory(tail0), need[3:7])
+        grad_z2 = None
         if need[2]:
-            grad_z2 = (g * tail0.reshape(g.shape)).sum(dim=ctx.channel_dims, keepdim=True)
-        grad_gates = []
-        lower = 1.0                                         # z4···z_{b/2}
-        for lv in range(1, 5):
-            if not need[2 + lv]:
-                grad_gates.append(None)
-            elif lv > plan.depth:                           # not computed: a gate ≤ this one is 0
-                grad_gates.append(torch.zeros((), dtype=g.dtype, device=g.device))
-            else:
-                grad_gates.append(lower * _sum(gate_parts[lv], g))
-            z = plan.gates[lv - 1]
-            lower *= 0.0 if z is None else z
-        if grad_x is not None:
-            grad_x = grad_x.reshape(g.shape)
+            grad_z2 = (g * tail0).sum(dim=ctx.channel_dims, keepdim=True)
         return (grad_x, grad_beta, grad_z2, *grad_gates, None, None, None)
+
+
+def _closed_form_grads(plan, x_flat, gz_flat, beta, grad_x, want_beta, tail0, want_gates):
+    """The closed forms of §2.6 on the flat values ``x_flat`` with incoming ``gz_flat`` = g·z2.
+
+    Writes ∂L/∂x into ``grad_x`` and the ungated x_q into ``tail0`` (flat, or None: not
+    wanted); returns (∂L/∂β or None, [∂L/∂z4, …, ∂L/∂z32] with None where not wanted),
+    recomputing the residuals block by block.
+    """
+    plan.resize(x_flat.numel())
+    g = gz_flat
+    levels = [lv for lv in range(1, 5) if want_gates[lv - 1] and lv <= plan.depth]
+    beta_parts, gate_parts = [], {lv: [] for lv in levels}
+    for s in plan.blocks():
+        x_c, inside, tails = plan.run(x_flat[s], None if tail0 is None else tail0[s],
+                                      masks=True)
+        gz_s = gz_flat[s]
+        if grad_x is not None:                              # g·z2·1[lo < x < hi]
+            torch.mul(gz_s, inside, out=grad_x[s])
+        if want_beta:                                       # Σ g·z2·(tail0 − x_c·inside)
+            x_c.mul_(inside)
+            beta_parts.append(torch.dot(gz_s, torch.sub(tails[0], x_c, out=x_c)))
+        for lv in levels:                                   # Σ g·z2·tail_b
+            gate_parts[lv].append(torch.dot(gz_s, tails[lv]))
+    plan.release()
+    grad_beta = None
+    if want_beta:
+        grad_beta = (_sum(beta_parts, g) / beta.detach()).to(beta.dtype)
+        grad_beta = grad_beta.expand(beta.shape).clone()
+    grad_gates = []
+    lower = 1.0                                             # z4···z_{b/2}
+    for lv in range(1, 5):
+        if not want_gates[lv - 1]:
+            grad_gates.append(None)
+        elif lv > plan.depth:                               # not computed: a gate ≤ this one is 0
+            grad_gates.append(torch.zeros((), dtype=g.dtype, device=g.device))
+        else:
+            grad_gates.append(lower * _sum(gate_parts[lv], g))
+        z = plan.gates[lv - 1]
+        lower *= 0.0 if z is None else z
+    return grad_beta, grad_gates
+
+
+def max_pool_first(x: torch.Tensor, k: int) -> tuple:
+    """k×k max-pooling with stride k of ``x`` (N, C, H, W), and each window's winner: the index
+    in the H×W plane of its FIRST maximum in row-major order (a later value wins only if
+    strictly greater), as ``torch.max_pool2d(..., return_indices=True)`` returns them.  For
+    finite inputs (quantized activations are).
+
+    Channels-last tensors on the CPU go to ``torch.max_pool2d`` (vectorised over the channels);
+    others are pooled from the k² strided taps, faster there than ``torch.max_pool2d``: the
+    winner's offset in the window comes from arithmetic (``tap − max > 0``; comparisons of
+    strided taps into bool buffers are several times slower on the CPU).
+    """
+    if _layout(x) is torch.channels_last or x.device.type != "cpu":
+        return torch.nn.functional.max_pool2d(x, k, return_indices=True)
+    h, w = x.shape[2:]
+    ho, wo = h // k, w // k
+    offsets = [i * w + j for i in range(k) for j in range(k)]
+    taps = [x[:, :, i:i + k * ho:k, j:j + k * wo:k] for i in range(k) for j in range(k)]
+    out = taps[0].clone(memory_format=torch.contiguous_format)
+    code = torch.zeros_like(out)                # offset of the winner (0: the first tap)
+    better = torch.empty_like(out)
+    for tap, offset in zip(taps[1:], offsets[1:]):
+        # 1[tap > max so far]·offset; offsets increase with the tap, so the running maximum
+        # of these is the offset of the last tap that beat every earlier one
+        torch.sub(tap, out, out=better).gt_(0).mul_(offset)
+        torch.maximum(code, better, out=code)
+        torch.maximum(out, tap, out=out)
+    corner = (torch.arange(ho, device=x.device) * (k * w)).view(-1, 1) \
+        + torch.arange(wo, device=x.device) * k           # each window's top-left index
+    return out, code.to(torch.int64).add_(corner)
+
+
+def _winner_offsets(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The memory offsets in ``x`` (N, C, H, W) of the pooling winners, 1-d in the memory order
+    of ``index`` (their offsets in the H×W plane, as ``max_pool2d`` returns them; same memory
+    format as x)."""
+    n, c, h, w = x.shape
+    arange = dict(device=x.device, dtype=torch.int64)
+    if _layout(x) is torch.channels_last:                   # offset = n·HWC + i·C + c
+        base = (torch.arange(n, **arange) * (h * w * c)).view(n, 1, 1, 1) \
+            + torch.arange(c, **arange).view(1, 1, 1, c)
+        return torch.mul(index.permute(0, 2, 3, 1), c).add_(base).view(-1)
+    base = (torch.arange(n * c, **arange) * (h * w)).view(n, c, 1, 1)   # (n·C + c)·HW + i
+    return torch.add(index, base).view(-1)
+
+
+class _BBQuantizeMaxPool(torch.autograd.Function):
+    """maxpool_k(x_q) for x_q = A2 + z4·(e4 + …) (no z2): the quantizer and the pooling after it.
+
+    Forward: x_q block by block, then :func:`max_pool_first`: the maxima and the index of each
+    window's FIRST maximum in row-major order, as :class:`~.layers.MaxPool2d`.  Backward: only
+    the winners get a gradient, so the closed forms of §2.6 run on the winners' inputs alone
+    (1/k² of the values) and ∂L/∂x is scattered to them.  Same values and ∂L/∂x as the
+    quantizer followed by the pooling; ∂L/∂β and ∂L/∂z_b are the same sums over fewer (all
+    the non-zero) terms.  On the CPU, channels-last tensors pool several times faster.
+    """
+
+    @staticmethod
+    def forward(ctx, x, beta, z4, z8, z16, z32, signed, clip, k):
+        x = x.detach()
+        layout = _layout(x)
+        x = x.contiguous(memory_format=layout)
+        plan = _Plan(x, beta, (z4, z8, z16, z32), signed, clip)
+        flat = _memory(x)
+        x_q = torch.empty_like(x)
+        tail0 = _memory(x_q)
+        for s in plan.blocks():
+            plan.run(flat[s], tail0[s])
+        plan.release()
+        out, index = max_pool_first(x_q, k)
+        del x_q
+        ctx.plan, ctx.layout, ctx.kernel_size = plan, layout, k
+        ctx.save_for_backward(x, beta, index)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        x, beta, index = ctx.saved_tensors
+        plan, need, layout = ctx.plan, ctx.needs_input_grad, ctx.layout
+        k = ctx.kernel_size
+        winners = _memory(x).index_select(0, _winner_offsets(x, index))   # index's order
+        g = g.contiguous(memory_format=layout)
+        grad_w = torch.empty_like(g) if need[0] else None
+        grad_beta, grad_gates = _closed_form_grads(
+            plan, winners, _memory(g), beta, None if grad_w is None else _memory(grad_w),
+            need[1], None, need[2:6])
+        grad_x = None
+        if grad_w is not None:          # to the winners, zero elsewhere: max-pooling's backward
+            grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
+                grad_w, x, [k, k], [k, k], [0, 0], [1, 1], False, index)
+        return (grad_x, grad_beta, *grad_gates, None, None, None)
 
 
 # --------------------------------------------------------------------------- validation
@@ -298,7 +442,10 @@ def _as_gate(z, name: str, like: torch.Tensor):
     if z.numel() != 1:
         raise ValueError(f"gate {name} must be a scalar (one gate per tensor, docs/method.md "
                          f"§1); got shape {tuple(z.shape)}")
-    _check_gate_values(name, z)
+    value = z.detach().reshape(()).item()
+    if not 0 <= value <= 1:                                 # also catches NaN
+        raise ValueError(f"gate {name} must lie in [0, 1] (a hard-concrete sample, or 0/1 in eval "
+                         f"mode); got {value}")
     return z.reshape(())
 
 
@@ -369,6 +516,25 @@ def bb_quantize(x, beta, z2=None, z4=None, z8=None, z16=None, z32=None, *, signe
     x, beta, z2b, gates, channel_dims = _prepare(x, beta, z2, (z4, z8, z16, z32), signed, clip,
                                                  channel_axis)
     return _BBQuantize.apply(x, beta, z2b, *gates, bool(signed), clip, channel_dims)
+
+
+def bb_quantize_maxpool(x, beta, z4=None, z8=None, z16=None, z32=None, *, signed: bool,
+                        kernel_size: int, clip: str = "official") -> torch.Tensor:
+    """k×k max-pooling (stride k) of ``bb_quantize(x, beta, None, z4, …, z32)``, fused.
+
+    ``x`` (N, C, H, W) with H and W multiples of ``kernel_size``; no pruning gate (z2 would
+    change which value of a window wins).  Same values, and the same gradient for x, as
+    quantizing and then pooling (the gradient goes to the first maximum of each window of
+    x_q); the β and gate gradients are the same sums over the non-zero terms only, so they
+    agree to float rounding.  Faster: the quantizer's backward runs on the winners alone.
+    """
+    x, beta, _, gates, _ = _prepare(x, beta, None, (z4, z8, z16, z32), signed, clip, 0)
+    k = int(kernel_size)
+    if x.ndim != 4 or k < 1 or x.shape[2] % k or x.shape[3] % k:
+        raise ValueError(f"bb_quantize_maxpool needs x of shape (N, C, H, W) with H and W "
+                         f"multiples of kernel_size={kernel_size}; got shape {tuple(x.shape)}. "
+                         "Quantize with bb_quantize and pool separately instead.")
+    return _BBQuantizeMaxPool.apply(x, beta, *gates, bool(signed), clip, k)
 
 
 def fixed_quantize(x, beta, bits: int, *, signed: bool, clip: str = "official") -> torch.Tensor:

@@ -20,7 +20,8 @@ The torch engine, step for step like the reference (docs/method.md §7.3):
   NumPy generator, in the reference's order; the same batches and augmentation (the loop makes
   them); the same initial weights and ranges (copied from the reference model after its
   initialisation with two training images);
-* Adam of the three parameter groups with the reference's learning rates, gradients zeroed in
+* Adam of the three parameter groups with the reference's learning rates (PyTorch's fused
+  Adam where it has one for the device, else the multi-tensor one), gradients zeroed in
   place (``zero_grad(set_to_none=False)``, as PyTorch 1.x and the reference); its state
   (``step``, ``exp_avg``, ``exp_avg_sq`` per parameter and group) maps both ways by parameter
   name;
@@ -232,6 +233,11 @@ class TorchEngine:
         if not trainer.config.method.ste:
             raise UsageError("the 'no straight-through estimator' ablation (ste=False, --no-ste) "
                              "is implemented by the numpy engine only: use --engine numpy")
+        method = trainer.config.method
+        if method.quantizer != "bayesian_bits" or method.io_bits is not None:
+            what = (f"the {method.quantizer} quantizer (--quantizer {method.quantizer})"
+                    if method.quantizer != "bayesian_bits" else "8 in/out (--io-bits)")
+            raise UsageError(f"{what} is implemented by the numpy engine only: use --engine numpy")
         self.trainer = trainer
         ref = trainer.model
         self.dtype = {"float32": torch.float32, "float64": torch.float64}[trainer.config.dtype]
@@ -260,15 +266,22 @@ class TorchEngine:
             self._pairs.append(list(zip(g["params"], mine)))
             groups.append({"params": mine, "lr": g["lr"], "betas": g["betas"], "eps": g["eps"],
                            "weight_decay": g["weight_decay"], "name": g.get("name")})
-        # the multi-tensor (foreach) Adam: same values as the per-parameter loop, and on the
-        # CPU too ~3x faster for LeNet-5 (torch 2.x)
-        self.optimizer = torch.optim.Adam(groups, foreach=True)
+        # the fused Adam (one kernel per step for every parameter; the formula of the
+        # per-parameter loop, to float rounding; for LeNet-5 on the CPU ~3x faster than the
+        # multi-tensor "foreach" Adam, which is used where this PyTorch has no fused one)
+        try:
+            self.optimizer = torch.optim.Adam(groups, fused=True)
+            step_device = self.device                   # fused: the step count on the device
+        except RuntimeError:
+            self.optimizer = torch.optim.Adam(groups, foreach=True)
+            step_device = "cpu"
         for pairs in self._pairs:
             for ref_p, p in pairs:
                 st = ref_opt.state.get(id(ref_p))
                 if st:
                     self.optimizer.state[p] = {
-                        "step": torch.tensor(float(st["step"]), dtype=torch.float32),
+                        "step": torch.tensor(float(st["step"]), dtype=torch.float32,
+                                             device=step_device),
                         "exp_avg": torch.as_tensor(np.asarray(st["exp_avg"])).to(
                             device=self.device, dtype=p.dtype).clone(),
                         "exp_avg_sq": torch.as_tensor(np.asarray(st["exp_avg_sq"])).to(
