@@ -62,7 +62,7 @@ from bbits_ref.autograd.engine import Tensor
 from bbits_ref.method.constants import BIT_WIDTHS, CLIP_EPS, STEP_DIVISORS
 from bbits_ref.method.quantizer import (_check_beta, _check_clip, _check_gate_values, _clip,
                                         _float_array, _prepare, _scalar, clip_range, decompose,
-                                        quantize_direct)
+                                        gated_chain, quantize_direct)
 
 __all__ = ["DOUBLING", "MAX_BITS", "check_bit_widths", "stage_step_sizes", "grids_nest",
            "decompose_chain", "cumulative", "quantize_direct_bits", "grid_levels",
@@ -414,16 +414,9 @@ def chain_quantize_composite(x, beta, gates=None, z2=None, *, bit_widths=DOUBLIN
         if np.asarray(z.data if isinstance(z, Tensor) else z) == 0:
             break
         depth += 1
-    parts = [_first_stage(x_c, steps[0], widths[0], signed, ops.minimum, ops.div, ops.mul,
-                          ops.round_ste)]
-    residual = x_c
-    for level in range(1, depth + 1):
-        residual = ops.sub(residual, parts[-1])
-        parts.append(ops.mul(ops.round_ste(ops.div(residual, steps[level])), steps[level]))
-    inner = parts[depth]
-    for level in range(depth - 1, -1, -1):
-        inner = ops.add(parts[level], ops.mul(prepared[level], inner))
-    return inner if z2 is None else ops.mul(z2, inner)
+    first = _first_stage(x_c, steps[0], widths[0], signed, ops.minimum, ops.div, ops.mul,
+                         ops.round_ste)
+    return gated_chain(x_c, first, steps, prepared, depth, z2)
 
 
 # --------------------------------------------------------------------------- cost

@@ -64,7 +64,7 @@ from bbits_ref.method.constants import STEP_DIVISORS as _STEP_DIVISORS
 
 __all__ = ["BIT_WIDTHS", "CLIP_EPS", "CLIP_MODES", "check_bits", "init_range", "clip_range",
            "step_sizes", "decompose", "quantize_direct", "bb_quantize", "fixed_quantize",
-           "bb_quantize_composite", "gates_for_bits"]
+           "bb_quantize_composite", "gated_chain", "gates_for_bits"]
 
 GATE_NAMES = ("z4", "z8", "z16", "z32")
 
@@ -454,7 +454,19 @@ def bb_quantize_composite(x, beta, z2=None, z4=None, z8=None, z16=None, z32=None
     for divisor in _STEP_DIVISORS:
         steps.append(ops.div(steps[-1], float(divisor)))
     depth = _active_depth([np.asarray(z.data if isinstance(z, Tensor) else z) for z in gates])
-    parts = [ops.mul(ops.round_ste(ops.div(x_c, steps[0])), steps[0])]
+    first = ops.mul(ops.round_ste(ops.div(x_c, steps[0])), steps[0])
+    return gated_chain(x_c, first, steps, gates, depth, z2)
+
+
+def gated_chain(x_c, first, steps, gates, depth: int, z2=None):
+    """The gated residual chain on engine ops (§2.4–§2.5), from the first stage ``first``.
+
+    Stage k ≥ 1 rounds what the earlier stages left, left to right:
+    e_k = s_k·R((x_c − A_0 − e_1 − … − e_{k−1})/s_k), up to stage ``depth``; then
+    x_q = z2·(A_0 + z_1·(e_1 + z_2·(e_2 + …))).  Shared by :func:`bb_quantize_composite` and
+    :func:`bbits_ref.method.decomposition.chain_quantize_composite`.
+    """
+    parts = [first]
     residual = x_c
     for level in range(1, depth + 1):
         residual = ops.sub(residual, parts[-1])
