@@ -230,7 +230,7 @@ def test_the_primitives_are_in_the_gradient_check_registry():
      "add --fixed-bits W/A"),                                        # pruning still on
     ({"quantizer": "sgd"}, "quantizer must be one of bayesian_bits, lsq, pact"),
     ({"io_bits": 8}, "io_bits .* needs fixed bit widths"),
-    ({"io_bits": 3, **FIXED}, "io_bits: bits must be one of"),
+    ({"io_bits": 3, **FIXED}, "io_bits must be one of"),
     ({"pact_alpha_decay": -1.0}, "pact_alpha_decay must be a finite number ≥ 0"),
     ({"dorefa_scale": "max"}, "dorefa_scale must be one of init_max, none"),
 ])

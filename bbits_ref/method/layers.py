@@ -193,8 +193,8 @@ class BBConfig:
         if self.io_bits is not None:
             try:
                 check_bits(self.io_bits)
-            except (TypeError, ValueError) as exc:
-                raise UsageError(f"io_bits: {exc}", setting="io_bits") from None
+            except (TypeError, ValueError) as exc:     # "bits must be one of …; got …"
+                raise UsageError(f"io_{exc}", setting="io_bits") from None
             if not fixed:
                 raise UsageError("io_bits sets the bits of the first and last layers, so it needs "
                                  "fixed bit widths: add --fixed-bits W/A (or --prune-only W/A)",
