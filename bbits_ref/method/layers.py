@@ -349,6 +349,11 @@ class BBQuantizer(Module):
             return Tensor(_fixed_chain(self.fixed_bits).astype(self.dtype))
         return self.gate.prob_nonzero(self.gate_logits)
 
+    def range_penalty(self) -> Tensor | None:
+        """A penalty on the range parameter that the loss carries whatever μ is; None here
+        (PACT's clip levels have one, :meth:`PACTQuantizer.alpha_penalty`)."""
+        return None
+
     def prune_probs(self) -> Tensor | None:
         return None if self.prune_logits is None else self.gate.prob_nonzero(self.prune_logits)
 
@@ -462,6 +467,9 @@ class PACTQuantizer(BBQuantizer):
     def alpha_penalty(self) -> Tensor:
         """½·λ·α² (differentiable in α)."""
         return self.beta * self.beta * (0.5 * self.config.pact_alpha_decay)
+
+    def range_penalty(self) -> Tensor | None:
+        return None if self.beta is None else self.alpha_penalty()
 
     def extra_repr(self) -> str:
         a = "lazy" if self.beta is None else f"{float(self.beta.data):.4g}"

@@ -99,14 +99,8 @@ class BBNet(BuiltNetwork, Module):
 
         The trainer adds it to the loss at every step, whatever μ is.
         """
-        terms = [q.alpha_penalty() for _, q in self.quantizers() if hasattr(q, "alpha_penalty")
-                 and q.beta is not None]
-        if not terms:
-            return None
-        total = terms[0]
-        for t in terms[1:]:
-            total = total + t
-        return total
+        terms = [p for _, q in self.quantizers() if (p := q.range_penalty()) is not None]
+        return sum(terms[1:], terms[0]) if terms else None
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Load parameters and buffers, creating lazy ranges that the state provides."""
