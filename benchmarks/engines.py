@@ -144,6 +144,15 @@ def side_by_side(dataset: str, width: float, engines: list, repeats: int, block:
     return out
 
 
+def _kernels_info() -> str:
+    """Whether the torch engine's quantizer runs as compiled kernels on the CPU (numba)."""
+    from bbits_ref.torch_impl import kernels
+    if not kernels.available():
+        return "off: numba is not installed (pip install numba)"
+    import numba
+    return f"numba {numba.__version__}" if kernels.enabled() else "off: BBITS_REF_KERNELS=0"
+
+
 def main() -> None:
     removed = clean_blas_env(sys.argv)
     # Each engine runs in a process of its own (side_by_side), so torch's OpenMP workers keep
@@ -206,6 +215,7 @@ def main() -> None:
         "threads": {"numpy_blas": threads if limiter is not None else "unlimited "
                     "(pip install threadpoolctl)", "torch": torch.get_num_threads()},
         "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if gpu else None,
+        "torch_cpu_kernels": _kernels_info(),
         "machine": machine(), "blas": blas_info(), "blas_env_removed": removed,
         "malloc_keeps_freed_memory": malloc_tuned, "load_average_1min": load,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}

@@ -40,10 +40,11 @@ python -m pip install --quiet --upgrade pip
 step "installing bbits_ref (editable) with the notebooks and test extras"
 python -m pip install --quiet -e '.[notebooks,test]'
 if [[ -n "${CI:-}" && "${CI}" != "false" || -n "${BBITS_TEST_TORCH:-}" ]]; then
-    # The PyTorch implementation and its conformance tests (skipped without torch).  2.13.0 is the
-    # CPU build that CI machines have locally; set BBITS_TEST_TORCH=1 to include it elsewhere.
-    step "installing torch==2.13.0 for bbits_ref.torch_impl (CI or BBITS_TEST_TORCH=1)"
-    python -m pip install --quiet 'torch==2.13.0'
+    # The PyTorch implementation and its conformance tests (skipped without torch), with numba for
+    # its CPU kernels (the torch extra of pyproject.toml).  2.13.0 is the CPU build that CI
+    # machines have locally; set BBITS_TEST_TORCH=1 to include it elsewhere.
+    step "installing torch==2.13.0 and numba for bbits_ref.torch_impl (CI or BBITS_TEST_TORCH=1)"
+    python -m pip install --quiet 'torch==2.13.0' 'numba>=0.59'
 fi
 if [[ -n "${CI:-}" && "${CI}" != "false" || -n "${BBITS_TEST_CLUSTER:-}" ]]; then
     # The `cluster` extra of pyproject.toml (tests/test_sweep_dask.py runs a sweep on a Dask

@@ -89,7 +89,7 @@ def test_pyproject_declares_python_runtime_and_extras():
     assert extras["notebooks"] == {"jupyterlab", "ipywidgets"}
     assert extras["test"] == {"pytest", "hypothesis", "nbval", "nbstripout", "pyyaml", "pytest-xdist",
                                 "scipy"}
-    assert extras["torch"] == {"torch"}
+    assert extras["torch"] == {"torch", "numba"}
 
 
 def test_dependencies_have_lower_bounds_and_no_pins():

@@ -9,6 +9,8 @@ Modules (same vocabulary and sections of docs/method.md as the reference):
 
 * :mod:`.quantizer` — clip range, step sizes and the Bayesian Bits quantizer as one
   ``torch.autograd.Function`` (§2), and a straight-through rounding;
+* :mod:`.kernels` — the quantizer's elementwise chain compiled for the CPU with numba (optional,
+  installed with the ``torch`` extra): the same values bit for bit, several times faster;
 * :mod:`.gates` — hard-concrete and Gumbel-softmax gates, test-time gates, the chain (§3);
 * :mod:`.prior` — the regularizer of the official code (§4.3);
 * :mod:`.bops` — relative BOPs (§5);

@@ -42,6 +42,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from bbits_ref.method.constants import BIT_WIDTHS, CLIP_EPS, CLIP_MODES, STEP_DIVISORS
+from bbits_ref.torch_impl import kernels
 
 __all__ = ["CLIP_EPS", "CLIP_MODES", "GATE_NAMES", "round_ste", "clip_range", "step_sizes",
            "gates_for_bits", "bb_quantize", "bb_quantize_maxpool", "fixed_quantize"]
@@ -151,6 +152,18 @@ class _Plan:
         self.size = x.numel()
         self.block = max(1, min(self.size, _CPU_BLOCK) if x.device.type == "cpu" else self.size)
         self.like = dict(dtype=x.dtype, device=x.device)
+        self.scratch_itemsize = x.element_size()
+        self.scratch = None                         # buffers of the block size, made on use
+        self.kernel = x.device.type == "cpu" and kernels.enabled()
+        if self.kernel:         # the compiled kernels (CPU, numba): the scalars as NumPy values
+            official = clip == "official"
+            self.forward_kernel = kernels.forward_kernel(self.depth, official)
+            self.backward_kernel = kernels.backward_kernel(self.depth, official)
+            self.k_scalars = (lo, hi - lo, hi, np_type(0.0))
+            self.k_one = np_type(1.0)
+            self.k_steps = np.array(steps, dtype=np_type)
+            self.k_gates = np.array([0.0 if z is None else z for z in self.gates], dtype=np_type)
+            return
 
         def const(value):       # 0-d tensors: ~2 µs faster per op than Python scalars, same values
             return torch.as_tensor(value, **self.like)
@@ -158,7 +171,6 @@ class _Plan:
         self.c_zero = const(0.0)
         self.c_steps = [const(step) for step in steps]
         self.c_gates = [None if z is None else const(float(z)) for z in self.gates]
-        self.scratch = None                         # buffers of the block size, made by run()
 
     def release(self) -> None:
         """Free the scratch buffers (between the forward and the backward)."""
@@ -175,6 +187,39 @@ class _Plan:
 
     def blocks(self):
         return (slice(i, min(i + self.block, self.size)) for i in range(0, self.size, self.block))
+
+    def quantize(self, x, out) -> None:
+        """out = the ungated x_q = A2 + z4·(e4 + …) of the 1-d tensor x (a whole tensor): one
+        kernel pass on the CPU, else :meth:`run` block by block."""
+        if self.kernel:
+            self.forward_kernel(x.numpy(), out.numpy(), *self.k_scalars, self.k_steps,
+                                self.k_gates)
+            return
+        for s in self.blocks():
+            self.run(x[s], out[s])
+        self.release()
+
+    def run_kernel(self, x, gz, grad_x=None, tail0=None):
+        """The backward's values for one block by the kernel: writes ∂L/∂x = gz·inside into
+        ``grad_x`` and the ungated x_q into ``tail0`` (if given); returns (beta_term, tails)
+        with beta_term = tail0 − x_c·inside and tails[k − 1] = tail_k, k = 1…depth (scratch)."""
+        n = x.numel()
+        if self.scratch is None:
+            # each row of tails starts on a 64-byte boundary, as a buffer of its own does: the
+            # float32 dot products of the BLAS may depend on the alignment of their operands
+            row = -(-self.block * self.scratch_itemsize // 64) * 64 // self.scratch_itemsize
+            self.scratch = (torch.empty(self.block, **self.like),            # beta_term
+                            torch.empty(self.block, **self.like),            # tail0
+                            torch.empty((self.depth, row), **self.like))     # tails 1…depth
+        beta_term, t0, tails = (f[..., :n] for f in self.scratch)
+        if tail0 is None:
+            tail0 = t0
+        self.backward_kernel(x.numpy(), gz.numpy(),
+                             (beta_term if grad_x is None else grad_x).numpy(),
+                             beta_term.numpy(), tail0.numpy(), tails.numpy(),
+                             *self.k_scalars, self.k_one, self.k_steps, self.k_gates,
+                             grad_x is not None)
+        return beta_term, tails
 
     def run(self, x, tail0=None, masks: bool = False):
         """Quantize one block ``x``: returns (x_c, inside, tails) as scratch views.
@@ -260,10 +305,7 @@ class _BBQuantize(torch.autograd.Function):
         plan = _Plan(x, beta, (z4, z8, z16, z32), signed, clip)
         flat = _memory(x)
         x_q = torch.empty_like(x)                           # same memory format as x
-        tail0 = _memory(x_q)
-        for s in plan.blocks():
-            plan.run(flat[s], tail0[s])
-        plan.release()
+        plan.quantize(flat, _memory(x_q))
         if z2b is not None:
             x_q = x_q * z2b
         ctx.plan, ctx.channel_dims = plan, channel_dims
@@ -301,9 +343,18 @@ def _closed_form_grads(plan, x_flat, gz_flat, beta, grad_x, want_beta, tail0, wa
     levels = [lv for lv in range(1, 5) if want_gates[lv - 1] and lv <= plan.depth]
     beta_parts, gate_parts = [], {lv: [] for lv in levels}
     for s in plan.blocks():
+        gz_s = gz_flat[s]
+        if plan.kernel:                                     # the values in one compiled pass
+            beta_term, tails = plan.run_kernel(x_flat[s], gz_s,
+                                               None if grad_x is None else grad_x[s],
+                                               None if tail0 is None else tail0[s])
+            if want_beta:
+                beta_parts.append(torch.dot(gz_s, beta_term))
+            for lv in levels:
+                gate_parts[lv].append(torch.dot(gz_s, tails[lv - 1]))
+            continue
         x_c, inside, tails = plan.run(x_flat[s], None if tail0 is None else tail0[s],
                                       masks=True)
-        gz_s = gz_flat[s]
         if grad_x is not None:                              # g·z2·1[lo < x < hi]
             torch.mul(gz_s, inside, out=grad_x[s])
         if want_beta:                                       # Σ g·z2·(tail0 − x_c·inside)
@@ -392,35 +443,63 @@ class _BBQuantizeMaxPool(torch.autograd.Function):
         layout = _layout(x)
         x = x.contiguous(memory_format=layout)
         plan = _Plan(x, beta, (z4, z8, z16, z32), signed, clip)
-        flat = _memory(x)
+        ctx.plan, ctx.layout, ctx.kernel_size = plan, layout, k
+        if plan.kernel and layout is torch.channels_last:
+            # one compiled pass: x_q is pooled as it is computed and never stored; the
+            # winners' inputs are kept for the backward instead of x.  (¹) int32 offsets, all
+            # lanes 32 bits wide: the compiler vectorises twice as wide as with int64
+            n, c, h, w = x.shape
+            pooled = dict(memory_format=torch.channels_last, device=x.device)
+            out = torch.empty((n, c, h // k, w // k), dtype=x.dtype, **pooled)
+            index = torch.empty((n, c, h // k, w // k), dtype=torch.int32, **pooled)   # (¹)
+            winners = torch.empty_like(out)
+            kernel = kernels.pool_forward_kernel(plan.depth, clip == "official", k)
+            kernel(_nhwc(x), _nhwc(out), _nhwc(index), _nhwc(winners), *plan.k_scalars,
+                   plan.k_steps, plan.k_gates)
+            ctx.x_shape = x.shape
+            ctx.save_for_backward(winners, beta, index)
+            return out
         x_q = torch.empty_like(x)
-        tail0 = _memory(x_q)
-        for s in plan.blocks():
-            plan.run(flat[s], tail0[s])
-        plan.release()
+        plan.quantize(_memory(x), _memory(x_q))
         out, index = max_pool_first(x_q, k)
         del x_q
-        ctx.plan, ctx.layout, ctx.kernel_size = plan, layout, k
+        ctx.x_shape = None
         ctx.save_for_backward(x, beta, index)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        x, beta, index = ctx.saved_tensors
+        saved, beta, index = ctx.saved_tensors
         plan, need, layout = ctx.plan, ctx.needs_input_grad, ctx.layout
         k = ctx.kernel_size
-        winners = _memory(x).index_select(0, _winner_offsets(x, index))   # index's order
+        if ctx.x_shape is None:                     # x saved: gather the winners' inputs
+            x = saved
+            winners = _memory(x).index_select(0, _winner_offsets(x, index))   # index's order
+        else:
+            winners = _memory(saved)
         g = g.contiguous(memory_format=layout)
         grad_w = torch.empty_like(g) if need[0] else None
         grad_beta, grad_gates = _closed_form_grads(
             plan, winners, _memory(g), beta, None if grad_w is None else _memory(grad_w),
             need[1], None, need[2:6])
         grad_x = None
-        if grad_w is not None:          # to the winners, zero elsewhere: max-pooling's backward
+        if grad_w is None:
+            pass
+        elif ctx.x_shape is None:       # to the winners, zero elsewhere: max-pooling's backward
             grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
                 grad_w, x, [k, k], [k, k], [0, 0], [1, 1], False, index)
+        else:                           # the same, in one compiled pass without a zero fill
+            grad_x = torch.empty(ctx.x_shape, dtype=g.dtype, device=g.device,
+                                 memory_format=torch.channels_last)
+            kernels.pool_scatter_kernel()(_nhwc(grad_w), _nhwc(index), k, _nhwc(grad_x),
+                                          plan.k_scalars[3])
         return (grad_x, grad_beta, *grad_gates, None, None, None)
+
+
+def _nhwc(x: torch.Tensor):
+    """A channels-last CPU tensor (N, C, H, W) as the NumPy array (N, H, W, C) of its memory."""
+    return x.permute(0, 2, 3, 1).numpy()
 
 
 # --------------------------------------------------------------------------- validation
