@@ -50,7 +50,8 @@ __all__ = ["GATE_BITS", "PAPER_RESULTS", "plot_gate_probabilities", "plot_bit_wi
            "reference_marks", "save_run_figures", "save_sweep_figures", "Reference",
            "GateArtists", "BitWidthArtists", "BopsAccuracyArtists", "LayerBopsArtists",
            "ParetoArtists", "plot_gate_trace", "plot_bit_evolution", "GateTraceArtists",
-           "save_figure", "plot_pareto_groups", "ParetoGroupArtists"]
+           "save_figure", "plot_pareto_groups", "ParetoGroupArtists", "REBUTTAL_RESULTS",
+           "plot_seed_runs", "SeedRunArtists"]
 
 #: The chained gates z4 → z8 → z16 → z32 (z2 is the pruning gate, plotted separately).
 GATE_BITS = (4, 8, 16, 32)
@@ -71,6 +72,10 @@ PAPER_RESULTS = {
     ("vgg7", "cifar10"): (("paper (BB, μ=0.01)", 0.51, 0.9323),
                           ("paper (BB, μ=0.1)", 0.29, 0.9196)),
 }
+#: The published LeNet-5/MNIST points of the rebuttal's first claim (label, relative BOPs in %,
+#: test accuracy): the paper's mean with hard-concrete gates, the rebuttal's Gumbel-softmax run.
+REBUTTAL_RESULTS = (("paper, hard concrete (mean)", 0.36, 0.9930),
+                    ("rebuttal, Gumbel-softmax", 0.38, 0.9938))
 #: The uniform configurations marked on BOP–accuracy plots as (label, w_bits, a_bits).
 UNIFORM_REFERENCES = (("w8a8 uniform", 8, 8), ("w2a2 uniform", 2, 2))
 
@@ -1210,3 +1215,48 @@ def plot_pareto_groups(groups, ax=None) -> ParetoGroupArtists:
     ax.set_title("Accuracy against BOPs, mean ± std over seeds")
     ax.legend(fontsize="x-small", loc="lower right")
     return ParetoGroupArtists(front_line, sweep, marked)
+
+
+class SeedRunArtists(NamedTuple):
+    runs: list            # per gate label, the PathCollection of its single runs
+    means: list           # per gate label, the ErrorbarContainer of its mean ± std
+    references: list      # the published points (Line2D markers)
+
+
+def plot_seed_runs(table, references=REBUTTAL_RESULTS, ax=None) -> SeedRunArtists:
+    """Runs of one recipe that differ in their gates and seeds: every run as a small point, each
+    gate label at its mean ± one standard deviation, and the published points for comparison.
+
+    ``table`` is a :func:`~bbits_ref.training.experiments.sweep_table` (its ``"runs"`` and
+    ``"groups"``), e.g. :func:`bbits_ref.course.runs.seed_runs_table`; ``references`` are
+    (label, relative BOPs in %, test accuracy) triples.
+    """
+    groups = [g for g in table.get("groups", []) if isinstance(g, dict) and g.get("n")]
+    if not groups:
+        raise ValueError("nothing to plot: no group of the table has a finished run")
+    ax = _new_ax(ax)
+    runs, means = [], []
+    for k, g in enumerate(groups):
+        done = [r for r in table.get("runs", []) if r.get("label") == g["label"]
+                and r.get("status") == "done"]
+        x, y = _point_arrays(done, g["label"])
+        color = f"C{k % 10}"
+        runs.append(ax.scatter(x, 100 * y, s=14, color=color, alpha=0.5, zorder=3))
+        std = " ± std" if g.get("test_accuracy_std") is not None else ""
+        means.append(ax.errorbar(
+            [g["relative_bops_mean"]], [100 * g["test_accuracy_mean"]],
+            xerr=[g.get("relative_bops_std") or 0.0],
+            yerr=[100 * (g.get("test_accuracy_std") or 0.0)], fmt="o", color=color, capsize=3,
+            markersize=7, label=f"{g['label']}: mean{std} of {g['n']} seed"
+                                + ("s" if g["n"] > 1 else ""), zorder=4))
+    marks = []
+    for k, (label, bops, acc) in enumerate(references):
+        line, = ax.plot([bops], [100 * acc], marker="**P"[k % 3], markersize=11, linestyle="",
+                        color="k" if k == 0 else "0.45", label=label, zorder=5)
+        marks.append(line)
+    ax.set_xlabel("relative BOPs (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title("Same recipe, different gates: runs, mean ± std, published points")
+    ax.legend(fontsize="x-small", loc="best")
+    return SeedRunArtists(runs, means, marks)

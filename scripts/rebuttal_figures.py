@@ -3,6 +3,7 @@
     python scripts/rebuttal_figures.py              # draw every figure from committed data
     python scripts/rebuttal_figures.py --trace      # first train the two gate traces (~8 min)
     python scripts/rebuttal_figures.py --collect runs/pareto ...   # first commit sweep members
+    python scripts/rebuttal_figures.py --collect-seeds runs/hc-seed1 ...   # and seed runs
 
 * ``overregularization.png``: the independent prior against the autoregressive one (docs/method.md
   §4). Two LeNet-5 runs on the embedded MNIST subset, quick preset, μ = 0.1, seed 0, without the
@@ -23,6 +24,18 @@
 
   whose finished members ``--collect`` copies (``config.json``, ``summary.json``) into
   ``pareto-seeds/``, refusing to replace a member that is there with other contents.
+
+* ``gate_seeds.png``: the rebuttal's first claim, hard-concrete against straight-through
+  Gumbel-softmax gates, LeNet-5 on full MNIST with the official recipe (100 epochs), seeds 0–2
+  (:func:`bbits_ref.course.runs.seed_runs_table`), beside the paper's and the rebuttal's points.
+  The runs come from::
+
+      bbits-ref train --dataset mnist --seed S --engine torch --out runs/hc-seedS
+      bbits-ref train --dataset mnist --gate gumbel_softmax --straight-through --seed S \
+          --engine torch --out runs/gs-st-seedS
+
+  and ``--collect-seeds RUN_DIR ...`` copies their ``config.json``, ``summary.json`` and the
+  epoch records of ``history.json`` into ``figures/mnist-lenet5-seeds/<gate>-seed<s>/``.
 
 Nothing else is trained; only JSON files are read.  Run from a checkout.
 """
@@ -83,6 +96,45 @@ def collect(sweeps, out: Path) -> list[Path]:
     return written
 
 
+def _seed_label(config: dict) -> str:
+    """The gate label of a seed run (figures/mnist-lenet5-seeds/<label>-seed<s>) from its config."""
+    from bbits_ref.course.runs import SEED_GATES
+    from bbits_ref.training.config import TrainConfig
+    method = TrainConfig.from_dict(config).method
+    for label, gates in SEED_GATES.items():
+        if method.gate == gates["gate"] and method.gate_options == gates["gate_options"]:
+            return label
+    raise ValueError(f"a run with gate {method.gate!r} and options {method.gate_options} is not one "
+                     f"of the seed runs ({', '.join(SEED_GATES)})")
+
+
+def collect_seeds(run_dirs, figures_root: Path) -> list[Path]:
+    """Copy finished 100-epoch runs into ``figures_root/mnist-lenet5-seeds/<gate>-seed<s>/``:
+    config.json, summary.json, and history.json with its epoch records only."""
+    from bbits_ref.course.runs import SEED_RUNS
+    from bbits_ref.training.runs import read_json
+    written = []
+    for run in map(Path, run_dirs):
+        config = read_json(run / "config.json", "run file")
+        summary = read_json(run / "summary.json", "run file (a finished run has one)")
+        history = [r for r in read_json(run / "history.json", "run file")
+                   if isinstance(r, dict) and r.get("kind") == "epoch"]
+        dest = figures_root / SEED_RUNS / f"{_seed_label(config)}-seed{int(config['seed'])}"
+        texts = {"config.json": (run / "config.json").read_bytes(),
+                 "summary.json": (run / "summary.json").read_bytes(),
+                 "history.json": (json.dumps(history, indent=1) + "\n").encode()}
+        clash = [n for n, data in texts.items()
+                 if (dest / n).exists() and (dest / n).read_bytes() != data]
+        if clash:
+            raise FileExistsError(f"{dest / clash[0]} holds another run: move it away")
+        dest.mkdir(parents=True, exist_ok=True)
+        for name, data in texts.items():
+            if not (dest / name).exists():
+                (dest / name).write_bytes(data)
+                written.append(dest / name)
+    return written
+
+
 def draw(out: Path, figures_root: Path, dpi: float = 100) -> list[Path]:
     """Draw the figures from the committed traces and runs."""
     from matplotlib.figure import Figure
@@ -107,7 +159,23 @@ def draw(out: Path, figures_root: Path, dpi: float = 100) -> list[Path]:
     fig = Figure(figsize=(7.0, 4.6), layout="constrained")
     plot_pareto_groups(table["groups"], ax=fig.add_subplot())
     written.append(save_figure(fig, out / "pareto_seeds.png", dpi))
+    from bbits_ref.course.runs import seed_runs_table
+    from bbits_ref.plotting import plot_seed_runs
+    table = seed_runs_table(figures_root)
+    for g in table["groups"]:
+        print(f"{g['label']}: {g['n']} seeds, test accuracy "
+              f"{_mean_std(g, 'test_accuracy', 100)}%, relative BOPs "
+              f"{_mean_std(g, 'relative_bops', 1)}%")
+    fig = Figure(figsize=(7.0, 4.6), layout="constrained")
+    plot_seed_runs(table, ax=fig.add_subplot())
+    written.append(save_figure(fig, out / "gate_seeds.png", dpi))
     return written
+
+
+def _mean_std(group: dict, key: str, scale: float) -> str:
+    std = group[f"{key}_std"]
+    return (f"{scale * group[f'{key}_mean']:.3f}"
+            + ("" if std is None else f" ± {scale * std:.3f}"))
 
 
 def main(argv=None) -> int:
@@ -117,6 +185,9 @@ def main(argv=None) -> int:
     parser.add_argument("--trace", action="store_true", help="train the two gate traces first")
     parser.add_argument("--collect", nargs="+", type=Path, metavar="SWEEP_DIR",
                         help="first copy the finished members of these sweeps into pareto-seeds/")
+    parser.add_argument("--collect-seeds", nargs="+", type=Path, metavar="RUN_DIR",
+                        help="first copy these finished 100-epoch runs into "
+                             "figures/mnist-lenet5-seeds/")
     parser.add_argument("--dpi", type=float, default=100)
     args = parser.parse_args(argv)
     try:
@@ -124,6 +195,9 @@ def main(argv=None) -> int:
             trace(args.out)
         if args.collect:
             for path in collect(args.collect, args.out):
+                print(f"wrote {path}")
+        if args.collect_seeds:
+            for path in collect_seeds(args.collect_seeds, REPO_ROOT / "figures"):
                 print(f"wrote {path}")
         for path in draw(args.out, REPO_ROOT / "figures", args.dpi):
             print(f"wrote {path}")

@@ -74,7 +74,7 @@ def test_script_draws_every_figure(tmp_path):
         shutil.copy(script.trace_path(script.OUT, prior), out)
     written = script.draw(out, REPO / "figures")
     assert [p.name for p in written] == ["overregularization.png", "bit_width_evolution.png",
-                                         "pareto_seeds.png"]
+                                         "pareto_seeds.png", "gate_seeds.png"]
     for p in written:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size < 150_000
 
@@ -149,3 +149,104 @@ def test_collect_copies_finished_members_and_keeps_what_is_there(tmp_path):
         script.collect([sweep], out)
     assert (out / "pareto-seeds" / member.name / "summary.json").read_bytes() == \
         (member / "summary.json").read_bytes()
+
+
+# ----------------------------------------------------------------------------- gates with seeds
+def test_seed_runs_are_the_paper_recipe_with_their_gates_and_seeds():
+    found = runs.seed_runs()
+    assert set(found) == set(runs.SEED_GATES)
+    for label, committed in found.items():
+        assert [r.config.seed for r in committed] == [0, 1, 2], label
+        for r in committed:
+            assert r.config.epochs == 100 and r.config.dataset == "mnist"
+            assert len(r.epochs) == 100 and r.summary["test_accuracy"] > 0.98
+    assert found["hard-concrete"][0].name == runs.PAPER_RUN
+    assert found["gumbel-softmax-st"][1].config.method.gate_options == {"straight_through": True}
+    groups = {g["label"]: g for g in runs.seed_runs_table()["groups"]}
+    for label, committed in found.items():
+        acc = [r.test_accuracy for r in committed]
+        assert groups[label]["n"] == 3
+        assert groups[label]["test_accuracy_mean"] == pytest.approx(np.mean(acc))
+        assert groups[label]["test_accuracy_std"] == pytest.approx(np.std(acc, ddof=1))
+
+
+def test_readme_reports_the_committed_seed_runs():
+    """The README's table of the first claim: the mean ± std of the committed runs."""
+    readme = (REPO / "README.md").read_text()
+    for g in runs.seed_runs_table()["groups"]:
+        row = next(line for line in readme.splitlines()
+                   if line.startswith(f"| {g['label']} (3 seeds)"))
+        acc = f"{100 * g['test_accuracy_mean']:.2f} ± {100 * g['test_accuracy_std']:.2f}%"
+        bops = f"{g['relative_bops_mean']:.3f} ± {g['relative_bops_std']:.3f}%"
+        assert acc in row and bops in row, (row, acc, bops)
+
+
+def _copy_seed_runs(tmp_path):
+    root = tmp_path / "figures"
+    shutil.copytree(runs.figures_dir() / runs.PAPER_RUN, root / runs.PAPER_RUN,
+                    ignore=shutil.ignore_patterns("*.png"))
+    shutil.copytree(runs.figures_dir() / runs.SEED_RUNS, root / runs.SEED_RUNS)
+    return root
+
+
+def test_a_seed_run_with_another_recipe_is_refused(tmp_path):
+    root = _copy_seed_runs(tmp_path)
+    member = root / runs.SEED_RUNS / "gumbel-softmax-st-seed1"
+    config = json.loads((member / "config.json").read_text())
+    config["method"]["prune_init"] = 3.0
+    (member / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataFileError, match="gumbel-softmax-st-seed1.*prune_init"):
+        runs.seed_runs(root)
+
+
+@pytest.mark.parametrize("name", ["hard-concrete-seed0", "soft-gumbel-seed1", "notes"])
+def test_foreign_folders_in_the_seed_runs_are_refused(tmp_path, name):
+    root = _copy_seed_runs(tmp_path)
+    shutil.copytree(root / runs.SEED_RUNS / "hard-concrete-seed1", root / runs.SEED_RUNS / name)
+    with pytest.raises(DataFileError):
+        runs.seed_runs(root)
+
+
+def test_collect_seeds_keeps_epoch_records_and_refuses_another_run(tmp_path):
+    script = _script()
+    member = runs.figures_dir() / runs.SEED_RUNS / "gumbel-softmax-st-seed2"
+    run = tmp_path / "run"
+    shutil.copytree(member, run)
+    history = json.loads((run / "history.json").read_text())
+    step = dict(history[0], kind="step")
+    (run / "history.json").write_text(json.dumps([step] + history))   # a step record too
+    root = tmp_path / "figures"
+    written = script.collect_seeds([run], root)
+    dest = root / runs.SEED_RUNS / "gumbel-softmax-st-seed2"
+    assert sorted(p.name for p in written) == ["config.json", "history.json", "summary.json"]
+    assert json.loads((dest / "history.json").read_text()) == history
+    assert script.collect_seeds([run], root) == []                  # the same files: nothing to do
+    summary = json.loads((run / "summary.json").read_text())
+    summary["test_accuracy"] = 0.5
+    (run / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(FileExistsError, match="another run"):
+        script.collect_seeds([run], root)
+    assert (dest / "summary.json").read_bytes() == (member / "summary.json").read_bytes()
+
+
+def test_plot_seed_runs_draws_runs_means_and_references():
+    from matplotlib.figure import Figure
+
+    from bbits_ref.plotting import REBUTTAL_RESULTS, plot_seed_runs
+    table = {"runs": [{"label": "a", "status": "done", "relative_bops": 0.35,
+                       "test_accuracy": 0.991},
+                      {"label": "a", "status": "done", "relative_bops": 0.37,
+                       "test_accuracy": 0.993},
+                      {"label": "b", "status": "failed", "relative_bops": None,
+                       "test_accuracy": None}],
+             "groups": [{"label": "a", "n": 2, "relative_bops_mean": 0.36,
+                         "relative_bops_std": 0.014, "test_accuracy_mean": 0.992,
+                         "test_accuracy_std": 0.0014},
+                        {"label": "b", "n": 0}]}
+    ax = Figure().add_subplot()
+    art = plot_seed_runs(table, ax=ax)
+    assert len(art.runs) == len(art.means) == 1 and len(art.references) == len(REBUTTAL_RESULTS)
+    assert art.runs[0].get_offsets().tolist() == [[0.35, 99.1], [0.37, 99.3]]
+    assert art.references[1].get_ydata()[0] == pytest.approx(99.38)
+    with pytest.raises(ValueError, match="nothing to plot"):
+        plot_seed_runs({"runs": [], "groups": [{"label": "b", "n": 0}]}, ax=ax)

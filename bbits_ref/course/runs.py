@@ -15,7 +15,11 @@ checkpoint):
   ``config.json`` and ``summary.json`` only: :func:`pareto_seed_rows`, :func:`pareto_seeds_table`;
 * ``figures/rebuttal/overregularization-<prior>.json``: gate traces of two such runs without the
   hard cut, autoregressive against independent prior (:mod:`bbits_ref.training.gate_trace`):
-  :func:`gate_traces`.
+  :func:`gate_traces`;
+* ``figures/mnist-lenet5-seeds/<gate>-seed<s>/``: the paper run's recipe (full MNIST, 100 epochs)
+  with hard-concrete and with straight-through Gumbel-softmax gates, seeds 0–2 (seed 0 of hard
+  concrete is the paper run itself), ``config.json``, ``summary.json`` and the epoch records of
+  ``history.json``: :func:`seed_runs`, :func:`seed_runs_table`.
 
 Every file is read as untrusted: a missing, damaged or inconsistent file raises a one-line
 :class:`~bbits_ref._errors.DataFileError` naming it.  The folder is found next to the package
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bbits_ref._errors import DataFileError
@@ -38,7 +42,8 @@ from bbits_ref.training.runs import read_json
 __all__ = ["PAPER_RUN", "COURSE_RUNS", "SWEEP", "ABLATION_RUNS", "CommittedRun", "figures_dir",
            "load_run", "paper_run", "course_run", "course_runs", "sweep_members", "sweep_table",
            "REBUTTAL", "TRACE_PRIORS", "gate_traces", "PARETO_SEEDS", "PARETO_BASELINES",
-           "pareto_seed_rows", "pareto_seeds_table"]
+           "pareto_seed_rows", "pareto_seeds_table", "SEED_RUNS", "SEED_GATES", "seed_runs",
+           "seed_runs_table"]
 
 #: The folder (under figures/) of the 100-epoch full-MNIST run that matches the paper.
 PAPER_RUN = "mnist-lenet5-e100"
@@ -295,3 +300,63 @@ def pareto_seeds_table(root=None) -> dict:
     """:func:`experiments.sweep_table` of :func:`pareto_seed_rows`: per μ and baseline, the mean
     and standard deviation over the seeds, and the Pareto front of the μ sweep's means."""
     return experiments.sweep_table(pareto_seed_rows(root))
+
+
+#: The folder (under figures/) of the seed runs of the rebuttal's first claim.
+SEED_RUNS = "mnist-lenet5-seeds"
+#: Each gate label of the seed runs and the method settings it changes in the paper run's recipe.
+SEED_GATES = {"hard-concrete": {"gate": "hard_concrete", "gate_options": {}},
+              "gumbel-softmax-st": {"gate": "gumbel_softmax",
+                                    "gate_options": {"straight_through": True}}}
+
+
+def _seed_config(base: TrainConfig, label: str, seed: int) -> TrainConfig:
+    """The paper run's recipe ``base`` with the gates of ``label`` and ``seed``."""
+    method = replace(base.method, **SEED_GATES[label])
+    return base.replace(seed=seed, method=method)
+
+
+def seed_runs(root=None) -> dict:
+    """The 100-epoch full-MNIST runs per gate label: ``{label: [CommittedRun, …]}`` by seed.
+
+    Hard-concrete seed 0 is the paper run (figures/mnist-lenet5-e100); the others are read from
+    figures/mnist-lenet5-seeds/<label>-seed<s>/ and each is checked to be the paper run's recipe
+    with its gates and seed (a DataFileError names the first that is not, or a folder that is not
+    one of these runs).
+    """
+    paper = paper_run(root)
+    found = {label: {} for label in SEED_GATES}
+    found["hard-concrete"][0] = paper
+    folder = figures_dir(root) / SEED_RUNS
+    if not folder.is_dir():
+        raise DataFileError(f"no folder {folder}: the seed runs of the rebuttal's first claim "
+                            "are committed there")
+    for member in sorted(folder.iterdir()):
+        m = _MEMBER.match(member.name)
+        if not member.is_dir() or m is None or m["label"] not in SEED_GATES:
+            raise DataFileError(f"{member}: not a seed run (expected a folder <gate>-seed<s> with "
+                                f"<gate> one of {', '.join(SEED_GATES)})")
+        label, seed = m["label"], int(m["seed"])
+        if seed in found[label]:
+            raise DataFileError(f"{member}: hard-concrete seed 0 is the paper run "
+                                f"(figures/{PAPER_RUN}); remove this folder")
+        run = load_run(f"{SEED_RUNS}/{member.name}", root)
+        differ = experiments.config_differences(run.config.to_dict(),
+                                                _seed_config(paper.config, label, seed).to_dict())
+        if differ:
+            raise DataFileError(f"{member}: not the paper run's recipe with {label} gates and seed "
+                                f"{seed}; it differs in {', '.join(differ)}")
+        found[label][seed] = run
+    return {label: [runs[s] for s in sorted(runs)] for label, runs in found.items()}
+
+
+def seed_runs_table(root=None) -> dict:
+    """:func:`experiments.sweep_table` of :func:`seed_runs`: per gate label, the mean and the
+    sample standard deviation over its seeds of test accuracy and relative BOPs."""
+    rows = []
+    for label, committed in seed_runs(root).items():
+        for run in committed:
+            member = experiments.Member(f"{label}-seed{run.config.seed}", label, "baseline",
+                                        run.config)
+            rows.append(experiments.member_row(member, run.summary))
+    return experiments.sweep_table(rows)
