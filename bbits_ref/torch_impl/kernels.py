@@ -6,13 +6,14 @@ passes over memory and ~25 Python-level calls per block.  The kernels here do ev
 value in registers, in one pass over the tensor, with exactly the same IEEE operations in the
 same order (a division by the step, not a multiplication by its inverse; no fused multiply-add;
 ties rounded to even by ``rint``), so their results are bit-for-bit those of the torch operations
-(tests/test_torch_fastpath.py holds them to it).  On the CPU they make the quantizer several
+(tests/test_torch_kernels.py holds them to it).  On the CPU they make the quantizer several
 times faster; other devices keep the torch operations.
 
 numba is optional (extra ``torch``).  Without it, or with ``BBITS_REF_KERNELS=0`` in the
 environment, or after :func:`set_enabled` ``(False)``, :mod:`.quantizer` uses the torch operations.
 Each kernel is compiled on first use for its depth (how many chain gates are on), clip mode and
-dtype: a second or so, once per process; nothing is written to disk.
+dtype (and the pooling kernel for its window size): about half a second each, once per
+process; nothing is written to disk.
 """
 from __future__ import annotations
 

@@ -31,6 +31,11 @@ Sums are float32 dot products per block of 65,536 values, the block totals added
 (as the reference does): within ~1e−7 of the float32 reference's sums.  :func:`round_ste` is
 the straight-through rounding on its own.
 
+On the CPU with numba installed, the elementwise steps of the forward and of each backward block
+run as compiled kernels (:mod:`.kernels`: one pass instead of ~25 torch operations), with the
+same operations in the same order, so every value and every sum is the same bit for bit; on
+other devices, without numba or with ``BBITS_REF_KERNELS=0`` the torch operations run.
+
 :func:`bb_quantize_maxpool` is the quantizer followed by k×k max-pooling in one function: only
 each window's winner gets a gradient, so its backward runs on the winners alone.  Both work on
 a tensor in its own memory layout (default or channels-last) and keep it.
@@ -434,7 +439,9 @@ class _BBQuantizeMaxPool(torch.autograd.Function):
     the winners get a gradient, so the closed forms of §2.6 run on the winners' inputs alone
     (1/k² of the values) and ∂L/∂x is scattered to them.  Same values and ∂L/∂x as the
     quantizer followed by the pooling; ∂L/∂β and ∂L/∂z_b are the same sums over fewer (all
-    the non-zero) terms.  On the CPU, channels-last tensors pool several times faster.
+    the non-zero) terms.  On the CPU, channels-last tensors pool several times faster; with the
+    kernels (:mod:`.kernels`) they are quantized and pooled in one pass that never stores x_q,
+    and the backward keeps the winners' inputs (1/k² of x) instead of x.
     """
 
     @staticmethod
@@ -484,12 +491,10 @@ class _BBQuantizeMaxPool(torch.autograd.Function):
             plan, winners, _memory(g), beta, None if grad_w is None else _memory(grad_w),
             need[1], None, need[2:6])
         grad_x = None
-        if grad_w is None:
-            pass
-        elif ctx.x_shape is None:       # to the winners, zero elsewhere: max-pooling's backward
+        if grad_w is not None and ctx.x_shape is None:  # to the winners, zero elsewhere
             grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
                 grad_w, x, [k, k], [k, k], [0, 0], [1, 1], False, index)
-        else:                           # the same, in one compiled pass without a zero fill
+        elif grad_w is not None:        # the same, in one compiled pass without a zero fill
             grad_x = torch.empty(ctx.x_shape, dtype=g.dtype, device=g.device,
                                  memory_format=torch.channels_last)
             kernels.pool_scatter_kernel()(_nhwc(grad_w), _nhwc(index), k, _nhwc(grad_x),
