@@ -111,15 +111,23 @@ def _seed_label(config: dict) -> str:
 def collect_seeds(run_dirs, figures_root: Path) -> list[Path]:
     """Copy finished 100-epoch runs into ``figures_root/mnist-lenet5-seeds/<gate>-seed<s>/``:
     config.json, summary.json, and history.json with its epoch records only."""
-    from bbits_ref.course.runs import SEED_RUNS
+    from bbits_ref.course.runs import SEED_RUNS, check_seed_run, check_summary, paper_run
+    from bbits_ref.training.config import TrainConfig
     from bbits_ref.training.runs import read_json
     written = []
+    paper = paper_run().config
     for run in map(Path, run_dirs):
         config = read_json(run / "config.json", "run file")
         summary = read_json(run / "summary.json", "run file (a finished run has one)")
         history = [r for r in read_json(run / "history.json", "run file")
                    if isinstance(r, dict) and r.get("kind") == "epoch"]
-        dest = figures_root / SEED_RUNS / f"{_seed_label(config)}-seed{int(config['seed'])}"
+        label, seed = _seed_label(config), TrainConfig.from_dict(config).seed
+        check_seed_run(TrainConfig.from_dict(config), label, seed, paper, run)
+        check_summary(summary, run / "summary.json")
+        if len(history) != paper.epochs:
+            raise ValueError(f"{run / 'history.json'} has {len(history)} epoch records, not "
+                             f"{paper.epochs}: copy a finished run")
+        dest = figures_root / SEED_RUNS / f"{label}-seed{seed}"
         texts = {"config.json": (run / "config.json").read_bytes(),
                  "summary.json": (run / "summary.json").read_bytes(),
                  "history.json": (json.dumps(history, indent=1) + "\n").encode()}

@@ -250,3 +250,16 @@ def test_plot_seed_runs_draws_runs_means_and_references():
     assert art.references[1].get_ydata()[0] == pytest.approx(99.38)
     with pytest.raises(ValueError, match="nothing to plot"):
         plot_seed_runs({"runs": [], "groups": [{"label": "b", "n": 0}]}, ax=ax)
+
+
+def test_collect_seeds_refuses_a_run_of_another_recipe_and_writes_nothing(tmp_path):
+    script = _script()
+    run = tmp_path / "run"
+    shutil.copytree(runs.figures_dir() / runs.SEED_RUNS / "hard-concrete-seed1", run)
+    config = json.loads((run / "config.json").read_text())
+    config["seed"], config["mu"] = 7, 0.3
+    (run / "config.json").write_text(json.dumps(config))
+    root = tmp_path / "figures"
+    with pytest.raises(DataFileError, match="seed 7.*mu"):
+        script.collect_seeds([run], root)
+    assert not root.exists()

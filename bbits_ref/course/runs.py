@@ -43,7 +43,7 @@ __all__ = ["PAPER_RUN", "COURSE_RUNS", "SWEEP", "ABLATION_RUNS", "CommittedRun",
            "load_run", "paper_run", "course_run", "course_runs", "sweep_members", "sweep_table",
            "REBUTTAL", "TRACE_PRIORS", "gate_traces", "PARETO_SEEDS", "PARETO_BASELINES",
            "pareto_seed_rows", "pareto_seeds_table", "SEED_RUNS", "SEED_GATES", "seed_runs",
-           "seed_runs_table"]
+           "seed_runs_table", "check_seed_run", "check_summary"]
 
 #: The folder (under figures/) of the 100-epoch full-MNIST run that matches the paper.
 PAPER_RUN = "mnist-lenet5-e100"
@@ -150,6 +150,12 @@ def _check_history(history, path: Path) -> list:
                                 "relative_bops, test_acc and the quantizers' bits and kept); "
                                 "copy the file again from the run's folder")
     return history
+
+
+def check_summary(summary, path: Path) -> dict:
+    """``summary`` (a run's summary.json) if it has what the course reads, else a DataFileError
+    naming ``path``."""
+    return _check_summary(summary, path)
 
 
 def _check_summary(summary, path: Path) -> dict:
@@ -316,6 +322,17 @@ def _seed_config(base: TrainConfig, label: str, seed: int) -> TrainConfig:
     return base.replace(seed=seed, method=method)
 
 
+def check_seed_run(config: TrainConfig, label: str, seed: int, paper: TrainConfig,
+                   where) -> None:
+    """Raise a DataFileError naming ``where`` unless ``config`` is the paper run's recipe
+    ``paper`` with the gates of ``label`` and ``seed``."""
+    differ = experiments.config_differences(config.to_dict(),
+                                            _seed_config(paper, label, seed).to_dict())
+    if differ:
+        raise DataFileError(f"{where}: not the paper run's recipe with {label} gates and seed "
+                            f"{seed}; it differs in {', '.join(differ)}")
+
+
 def seed_runs(root=None) -> dict:
     """The 100-epoch full-MNIST runs per gate label: ``{label: [CommittedRun, …]}`` by seed.
 
@@ -341,11 +358,7 @@ def seed_runs(root=None) -> dict:
             raise DataFileError(f"{member}: hard-concrete seed 0 is the paper run "
                                 f"(figures/{PAPER_RUN}); remove this folder")
         run = load_run(f"{SEED_RUNS}/{member.name}", root)
-        differ = experiments.config_differences(run.config.to_dict(),
-                                                _seed_config(paper.config, label, seed).to_dict())
-        if differ:
-            raise DataFileError(f"{member}: not the paper run's recipe with {label} gates and seed "
-                                f"{seed}; it differs in {', '.join(differ)}")
+        check_seed_run(run.config, label, seed, paper.config, member)
         found[label][seed] = run
     return {label: [runs[s] for s in sorted(runs)] for label, runs in found.items()}
 
