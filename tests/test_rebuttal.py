@@ -199,7 +199,8 @@ def test_a_seed_run_with_another_recipe_is_refused(tmp_path):
         runs.seed_runs(root)
 
 
-@pytest.mark.parametrize("name", ["hard-concrete-seed0", "soft-gumbel-seed1", "notes"])
+@pytest.mark.parametrize("name", ["hard-concrete-seed0", "hard-concrete-seed01", "soft-gumbel-seed1",
+                                  "notes"])
 def test_foreign_folders_in_the_seed_runs_are_refused(tmp_path, name):
     root = _copy_seed_runs(tmp_path)
     shutil.copytree(root / runs.SEED_RUNS / "hard-concrete-seed1", root / runs.SEED_RUNS / name)

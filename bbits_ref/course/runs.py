@@ -155,10 +155,6 @@ def _check_history(history, path: Path) -> list:
 def check_summary(summary, path: Path) -> dict:
     """``summary`` (a run's summary.json) if it has what the course reads, else a DataFileError
     naming ``path``."""
-    return _check_summary(summary, path)
-
-
-def _check_summary(summary, path: Path) -> dict:
     if not isinstance(summary, dict):
         raise DataFileError(f"{path} should hold a JSON object (Trainer.summary()); got "
                             f"{type(summary).__name__}")
@@ -194,7 +190,7 @@ def load_run(name: str, root=None) -> CommittedRun:
         raise DataFileError(f"{folder / 'config.json'} is not a run configuration: "
                             f"{str(exc)[:100]}") from None
     history = _check_history(texts["history.json"], folder / "history.json")
-    summary = _check_summary(texts["summary.json"], folder / "summary.json")
+    summary = check_summary(texts["summary.json"], folder / "summary.json")
     last = [r for r in history if r["kind"] == "epoch"][-1]
     if not (math.isclose(last["relative_bops"], summary["relative_bops"], rel_tol=1e-9)
             and math.isclose(last["test_acc"], summary["test_accuracy"], rel_tol=1e-9)
@@ -294,7 +290,7 @@ def pareto_seed_rows(root=None) -> list:
         if differ:
             raise DataFileError(f"{member}: not the quick recipe of {label} with seed {seed}; it "
                                 f"differs in {', '.join(differ)}")
-        summary = _check_summary(read_json(member / "summary.json", "run file"),
+        summary = check_summary(read_json(member / "summary.json", "run file"),
                                  member / "summary.json")
         kind = "bb" if label in SWEEP else "baseline"
         rows.append(experiments.member_row(experiments.Member(member.name, label, kind, config),
@@ -356,7 +352,9 @@ def seed_runs(root=None) -> dict:
         label, seed = m["label"], int(m["seed"])
         if seed in found[label]:
             raise DataFileError(f"{member}: hard-concrete seed 0 is the paper run "
-                                f"(figures/{PAPER_RUN}); remove this folder")
+                                f"(figures/{PAPER_RUN}); remove this folder" if
+                                (label, seed) == ("hard-concrete", 0) else
+                                f"{member}: another folder holds {label} seed {seed}")
         run = load_run(f"{SEED_RUNS}/{member.name}", root)
         check_seed_run(run.config, label, seed, paper.config, member)
         found[label][seed] = run
