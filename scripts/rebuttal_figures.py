@@ -96,11 +96,11 @@ def collect(sweeps, out: Path) -> list[Path]:
     return written
 
 
-def _seed_label(config: dict) -> str:
-    """The gate label of a seed run (figures/mnist-lenet5-seeds/<label>-seed<s>) from its config."""
+def _seed_label(config) -> str:
+    """The gate label of a seed run (figures/mnist-lenet5-seeds/<label>-seed<s>) from its
+    TrainConfig."""
     from bbits_ref.course.runs import SEED_GATES
-    from bbits_ref.training.config import TrainConfig
-    method = TrainConfig.from_dict(config).method
+    method = config.method
     for label, gates in SEED_GATES.items():
         if method.gate == gates["gate"] and method.gate_options == gates["gate_options"]:
             return label
@@ -117,12 +117,12 @@ def collect_seeds(run_dirs, figures_root: Path) -> list[Path]:
     written = []
     paper = paper_run().config
     for run in map(Path, run_dirs):
-        config = read_json(run / "config.json", "run file")
+        config = TrainConfig.from_dict(read_json(run / "config.json", "run file"))
         summary = read_json(run / "summary.json", "run file (a finished run has one)")
         history = [r for r in read_json(run / "history.json", "run file")
                    if isinstance(r, dict) and r.get("kind") == "epoch"]
-        label, seed = _seed_label(config), TrainConfig.from_dict(config).seed
-        check_seed_run(TrainConfig.from_dict(config), label, seed, paper, run)
+        label, seed = _seed_label(config), config.seed
+        check_seed_run(config, label, seed, paper, run)
         check_summary(summary, run / "summary.json")
         if len(history) != paper.epochs:
             raise ValueError(f"{run / 'history.json'} has {len(history)} epoch records, not "
