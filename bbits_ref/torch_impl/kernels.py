@@ -54,13 +54,17 @@ def set_enabled(flag: bool) -> bool:
 
 # The kernels are built per (depth, official clip): both are frozen into the compiled code, so
 # the branches on them vanish and the loop vectorises (with a run-time depth it does not: several
-# times slower).  Scalars arrive as NumPy scalars of x's dtype, so every operation stays in it.
+# times slower).  Scalars arrive as NumPy scalars of x's dtype, so every operation stays in it;
+# the steps and gates as tuples of them, passed by value: read from arrays inside the loop, they
+# might alias an output (for the compiler), which stops it from vectorising.
 
 def _chain(depth: int, official: bool):
-    """The per-value body shared by both kernels: (x_c, inside, tails t0…t_depth)."""
+    """The per-value body shared by the kernels: (x_c, inside, tails t0…t4)."""
 
     @numba.njit(inline="always")
-    def body(v, lo, hl, hi, zero, s0, s1, s2, s3, s4, g1, g2, g3, g4):
+    def body(v, lo, hl, hi, zero, s, g):
+        s0, s1, s2, s3, s4 = s
+        g1, g2, g3, g4 = g
         if official:                        # hi − relu(hi − lo − relu(x − lo)), both relus as caps
             a = v - lo
             if a < zero:
@@ -104,20 +108,16 @@ def _chain(depth: int, official: bool):
 def forward_kernel(depth: int, official: bool):
     """``kernel(x, out, lo, hl, hi, zero, steps, gates)``: out = the ungated x_q of the 1-d x.
 
-    ``steps`` = (s2, …, s32) and ``gates`` = (z4, …, z32) as arrays of x's dtype; ``lo``,
-    ``hl`` = hi − lo, ``hi`` and ``zero`` as NumPy scalars of it.  ``depth``: how many chain gates
+    ``steps`` = (s2, …, s32) and ``gates`` = (z4, …, z32) as tuples, and ``lo``, ``hl`` = hi − lo,
+    ``hi`` and ``zero``, all NumPy scalars of x's dtype.  ``depth``: how many chain gates
     are on (the residuals beyond are not computed).
     """
     body = _chain(depth, official)
 
     @numba.njit(nogil=True, boundscheck=False)
     def kernel(x, out, lo, hl, hi, zero, s, g):
-        # the scalars in locals: read from the arrays inside the loop, they might alias ``out``
-        # (for the compiler), which stops it from vectorising
-        s0, s1, s2, s3, s4 = s[0], s[1], s[2], s[3], s[4]
-        g1, g2, g3, g4 = g[0], g[1], g[2], g[3]
         for i in range(x.size):
-            out[i] = body(x[i], lo, hl, hi, zero, s0, s1, s2, s3, s4, g1, g2, g3, g4)[2]
+            out[i] = body(x[i], lo, hl, hi, zero, s, g)[2]
 
     return kernel
 
@@ -137,11 +137,8 @@ def backward_kernel(depth: int, official: bool):
     @numba.njit(nogil=True, boundscheck=False)
     def kernel(x, gz, grad_x, beta_term, tail0, tails, lo, hl, hi, zero, one, s, g,
                want_grad_x):
-        s0, s1, s2, s3, s4 = s[0], s[1], s[2], s[3], s[4]
-        g1, g2, g3, g4 = g[0], g[1], g[2], g[3]
         for i in range(x.size):
-            xc, inside, t0, t1, t2, t3, t4 = body(x[i], lo, hl, hi, zero, s0, s1, s2, s3, s4,
-                                                  g1, g2, g3, g4)
+            xc, inside, t0, t1, t2, t3, t4 = body(x[i], lo, hl, hi, zero, s, g)
             mask = one if inside else zero
             if want_grad_x:
                 grad_x[i] = gz[i] * mask
@@ -174,8 +171,6 @@ def pool_forward_kernel(depth: int, official: bool, k: int):
 
     @numba.njit(nogil=True, boundscheck=False)
     def kernel(x, out, index, winners, lo, hl, hi, zero, s, g):
-        s0, s1, s2, s3, s4 = s[0], s[1], s[2], s[3], s[4]
-        g1, g2, g3, g4 = g[0], g[1], g[2], g[3]
         width = x.shape[2]
         for n in range(out.shape[0]):
             for i in range(out.shape[1]):
@@ -183,15 +178,14 @@ def pool_forward_kernel(depth: int, official: bool, k: int):
                     corner = i * k * width + j * k
                     for c in range(out.shape[3]):
                         v = x[n, i * k, j * k, c]
-                        best = body(v, lo, hl, hi, zero, s0, s1, s2, s3, s4, g1, g2, g3, g4)[2]
+                        best = body(v, lo, hl, hi, zero, s, g)[2]
                         at, won = np.int32(corner), v
                         for di in range(k):
                             for dj in range(k):
                                 if di == 0 and dj == 0:
                                     continue
                                 v = x[n, i * k + di, j * k + dj, c]
-                                q = body(v, lo, hl, hi, zero, s0, s1, s2, s3, s4,
-                                         g1, g2, g3, g4)[2]
+                                q = body(v, lo, hl, hi, zero, s, g)[2]
                                 wins = q > best or q != q
                                 best = q if wins else best
                                 at = np.int32(corner + di * width + dj) if wins else at

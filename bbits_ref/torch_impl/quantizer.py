@@ -166,8 +166,8 @@ class _Plan:
             self.backward_kernel = kernels.backward_kernel(self.depth, official)
             self.k_scalars = (lo, hi - lo, hi, np_type(0.0))
             self.k_one = np_type(1.0)
-            self.k_steps = np.array(steps, dtype=np_type)
-            self.k_gates = np.array([0.0 if z is None else z for z in self.gates], dtype=np_type)
+            self.k_steps = tuple(np_type(step) for step in steps)
+            self.k_gates = tuple(np_type(0.0 if z is None else z) for z in self.gates)
             return
 
         def const(value):       # 0-d tensors: ~2 µs faster per op than Python scalars, same values
