@@ -111,7 +111,8 @@ def _seed_label(config) -> str:
 def collect_seeds(run_dirs, figures_root: Path) -> list[Path]:
     """Copy finished 100-epoch runs into ``figures_root/mnist-lenet5-seeds/<gate>-seed<s>/``:
     config.json, summary.json, and history.json with its epoch records only."""
-    from bbits_ref.course.runs import SEED_RUNS, check_seed_run, check_summary, paper_run
+    from bbits_ref.course.runs import (SEED_RUNS, check_history, check_seed_run, check_summary,
+                                       paper_run)
     from bbits_ref.training.config import TrainConfig
     from bbits_ref.training.runs import read_json
     written = []
@@ -119,8 +120,8 @@ def collect_seeds(run_dirs, figures_root: Path) -> list[Path]:
     for run in map(Path, run_dirs):
         config = TrainConfig.from_dict(read_json(run / "config.json", "run file"))
         summary = read_json(run / "summary.json", "run file (a finished run has one)")
-        history = [r for r in read_json(run / "history.json", "run file")
-                   if isinstance(r, dict) and r.get("kind") == "epoch"]
+        history = [r for r in check_history(read_json(run / "history.json", "run file"),
+                                            run / "history.json") if r["kind"] == "epoch"]
         label, seed = _seed_label(config), config.seed
         check_seed_run(config, label, seed, paper, run)
         check_summary(summary, run / "summary.json")

@@ -264,3 +264,15 @@ def test_collect_seeds_refuses_a_run_of_another_recipe_and_writes_nothing(tmp_pa
     with pytest.raises(DataFileError, match="seed 7.*mu"):
         script.collect_seeds([run], root)
     assert not root.exists()
+
+
+@pytest.mark.parametrize("history", ["5", "[]", '[{"kind": "epoch", "epoch": 1}]'])
+def test_collect_seeds_refuses_a_damaged_history_in_one_line(tmp_path, history):
+    script = _script()
+    run = tmp_path / "run"
+    shutil.copytree(runs.figures_dir() / runs.SEED_RUNS / "hard-concrete-seed1", run)
+    (run / "history.json").write_text(history)
+    root = tmp_path / "figures"
+    with pytest.raises(DataFileError, match="history.json"):
+        script.collect_seeds([run], root)
+    assert not root.exists()

@@ -43,7 +43,7 @@ __all__ = ["PAPER_RUN", "COURSE_RUNS", "SWEEP", "ABLATION_RUNS", "CommittedRun",
            "load_run", "paper_run", "course_run", "course_runs", "sweep_members", "sweep_table",
            "REBUTTAL", "TRACE_PRIORS", "gate_traces", "PARETO_SEEDS", "PARETO_BASELINES",
            "pareto_seed_rows", "pareto_seeds_table", "SEED_RUNS", "SEED_GATES", "seed_runs",
-           "seed_runs_table", "check_seed_run", "check_summary"]
+           "seed_runs_table", "check_seed_run", "check_summary", "check_history"]
 
 #: The folder (under figures/) of the 100-epoch full-MNIST run that matches the paper.
 PAPER_RUN = "mnist-lenet5-e100"
@@ -131,7 +131,9 @@ class CommittedRun:
                 f"{self.test_accuracy:.4f} at {self.relative_bops:.4f}% relative BOPs)")
 
 
-def _check_history(history, path: Path) -> list:
+def check_history(history, path: Path) -> list:
+    """``history`` (a run's history.json) if its epoch records have what the course reads, else
+    a DataFileError naming ``path``."""
     if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
         raise DataFileError(f"{path} should hold a list of records (Trainer.history); got "
                             f"{type(history).__name__}")
@@ -189,7 +191,7 @@ def load_run(name: str, root=None) -> CommittedRun:
     except (ValueError, TypeError, AttributeError) as exc:
         raise DataFileError(f"{folder / 'config.json'} is not a run configuration: "
                             f"{str(exc)[:100]}") from None
-    history = _check_history(texts["history.json"], folder / "history.json")
+    history = check_history(texts["history.json"], folder / "history.json")
     summary = check_summary(texts["summary.json"], folder / "summary.json")
     last = [r for r in history if r["kind"] == "epoch"][-1]
     if not (math.isclose(last["relative_bops"], summary["relative_bops"], rel_tol=1e-9)
